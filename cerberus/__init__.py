@@ -1,0 +1,4 @@
+"""cerberus: the best small ResNet for CIFAR-10 under a hard parameter budget, found by Optuna.
+
+Data flow, one module each: cli -> study -> space -> (model, data) -> train -> storage.
+"""

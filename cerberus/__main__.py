@@ -1,0 +1,3 @@
+from cerberus.cli import main
+
+main()

@@ -1,0 +1,208 @@
+"""``cerberus-search`` (also ``python -m cerberus``): run a search, read its best, count a net.
+
+Bad input of any kind ends in one line on stderr and exit code 2, before any work is done.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cerberus.errors import UserError
+from cerberus.storage import DEFAULT_STORAGE, DEFAULT_STUDY
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Find the best small ResNet for CIFAR-10 under a parameter budget, with Optuna.",
+)
+
+Study = Annotated[str, typer.Option("--study", help="Study name inside the storage.")]
+Storage = Annotated[str, typer.Option("--storage", help="Optuna storage URL (SQLite file, PostgreSQL, ...).")]
+MaxParams = Annotated[int, typer.Option("--max-params", help="Parameter budget; larger architectures are rejected untrained.")]
+
+
+def _positive(name: str, value: int | float | None) -> None:
+    if value is not None and value <= 0:
+        raise UserError(f"{name} must be positive, got {value}")
+
+
+@app.command()
+def run(
+    trials: Annotated[int, typer.Option(help="Stop when the study holds this many trained trials (rejected ones do not count).")] = 50,
+    study: Study = DEFAULT_STUDY,
+    storage: Storage = DEFAULT_STORAGE,
+    space: Annotated[Path, typer.Option(help="Search-space file (TOML).")] = Path("search/default.toml"),
+    max_params: MaxParams = 5_000_000,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per trial, overriding the space.")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    data: Annotated[str, typer.Option(help="cifar10 (downloaded on first use) or synthetic.")] = "cifar10",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where CIFAR-10 is (or is downloaded to); default ~/.cache/cerberus/data.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling and training (reproducible on CPU).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.")] = None,
+) -> None:
+    """Search: sample, budget-check, train and score trials until the study holds --trials trained ones."""
+    from cerberus import data as datasets
+    from cerberus import space as spaces
+    from cerberus import storage as stores
+    from cerberus import study as studies
+    from cerberus.progress import Reporter
+
+    for name, value in (("--trials", trials), ("--max-params", max_params), ("--epochs", epochs), ("--timeout", timeout)):
+        _positive(name, value)
+    if data not in datasets.DATASETS:
+        raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
+    search_space = spaces.load(space)
+    opts = studies.RunOptions(trials, max_params, epochs, studies.resolve_device(device), data,
+                              str(data_dir) if data_dir else None, seed, timeout)
+    studies.check_budget(search_space, max_params)  # before the storage file is even created
+    optuna_study = studies.create_study(study, stores.open_storage(storage, create=True), seed)
+    done = studies.count_trained(optuna_study)
+    out = typer.echo
+    out(f"study {study!r} in {storage}: {done} of {trials} trained trials, space {space}, budget {max_params:,} params, device {opts.device}", err=True)
+    try:
+        with Reporter(trials, done) as reporter:
+            result = studies.run(optuna_study, search_space, opts, reporter)
+    except KeyboardInterrupt:
+        left = trials - studies.count_trained(optuna_study)
+        out(f"interrupted: the study holds {trials - left} of {trials} trained trials; run the same command to train the other {left}", err=True)
+        raise typer.Exit(130) from None
+    out(f"trained {result.trained_now} trial(s) this run, rejected {result.rejected_now} over-budget architecture(s); "
+        f"the study holds {result.trained} of {trials} trained trials", err=True)
+    if result.best is not None:
+        b = result.best
+        out(f"best: trial {b.number}, val accuracy {b.value:.4f}, {b.user_attrs['params']:,} params "
+            f"(see `cerberus-search best --study {study} --storage {storage}`)", err=True)
+    if result.gave_up:
+        out(f"stopped: {studies.MAX_REJECTIONS_IN_A_ROW} architectures in a row were over budget; narrow the space or raise --max-params", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def best(
+    study: Study = DEFAULT_STUDY,
+    storage: Storage = DEFAULT_STORAGE,
+    top: Annotated[int, typer.Option(help="How many trials to list.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, best first.")] = False,
+) -> None:
+    """The best completed trials: architecture, recipe, parameters, validation accuracy."""
+    from cerberus import storage as stores
+    from cerberus import study as studies
+
+    _positive("--top", top)
+    trials = studies.best_trials(stores.load_study(study, storage), top)
+    rows = [studies.summary(t) for t in trials]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"study {study!r} has no completed trial yet")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"best of study {study!r} ({storage})")
+    for col in ("trial", "val acc", "params", "MFLOPs", "blocks", "widths", "F/K/P", "optimizer", "lr", "schedule", "epochs", "batch", "augment"):
+        table.add_column(col, justify="right" if col in ("trial", "val acc", "params", "MFLOPs", "lr", "epochs", "batch") else "left")
+    for r in rows:
+        a, rc = r["config"]["arch"], r["config"]["recipe"]
+        table.add_row(
+            str(r["trial"]), f"{r['val_accuracy']:.4f}", f"{r['params']:,}", f"{r['flops'] / 1e6:.0f}",
+            ",".join(map(str, a["blocks"])), ",".join(map(str, a["widths"])),
+            f"{a['conv_kernel']}/{a['skip_kernel']}/{a['pool'] or 'global'}",
+            rc["optimizer"], f"{rc['lr']:.3g}", rc["schedule"], str(r["epochs"]), str(rc["batch_size"]),
+            _augment_text(rc["augment"]),
+        )
+    console = Console()
+    if not console.is_terminal:
+        console.width = 200  # a pipe or a log file: do not squeeze the table to 80 columns
+    console.print(table)
+
+
+def _augment_text(aug: dict) -> str:
+    parts = []
+    if aug["crop_padding"]:
+        parts.append(f"crop{aug['crop_padding']}")
+    if aug["flip"]:
+        parts.append("flip")
+    if aug["rotation"]:
+        parts.append(f"rot{aug['rotation']:g}")
+    if aug["cutout_holes"]:
+        parts.append(f"cutout{aug['cutout_holes']}x{aug['cutout_length']}")
+    if aug["mixup_alpha"]:
+        parts.append(f"mixup{aug['mixup_alpha']:g}")
+    if aug["cutmix_alpha"]:
+        parts.append(f"cutmix{aug['cutmix_alpha']:g}")
+    return " ".join(parts) or "none"
+
+
+def _int_list(option: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{option} {text!r} must be comma-separated positive integers, e.g. 3,5,3") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{option} {text!r} must be comma-separated positive integers, e.g. 3,5,3")
+    return values
+
+
+@app.command()
+def count(
+    blocks: Annotated[str, typer.Option(help="BasicBlocks per stage, e.g. 3,5,3.")],
+    channels: Annotated[str, typer.Option(help="Width of each stage, e.g. 64,128,256.")],
+    conv_kernel: Annotated[int, typer.Option(help="Kernel of the stem and block convs (F).")] = 3,
+    skip_kernel: Annotated[int, typer.Option(help="Kernel of projection shortcuts (K): 1 or 3.")] = 1,
+    pool: Annotated[int, typer.Option(help="Average-pool kernel over the last map (P); 0 = global.")] = 0,
+    max_params: MaxParams = 5_000_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Parameters and FLOPs per image of one architecture, and whether it fits the budget."""
+    from cerberus.config import Arch
+    from cerberus.model import measure
+
+    b, c = _int_list("--blocks", blocks), _int_list("--channels", channels)
+    if len(b) != len(c):
+        raise UserError(f"--blocks has {len(b)} stages but --channels has {len(c)}; give one value per stage to each")
+    try:
+        arch = Arch(b, c, conv_kernel, skip_kernel, pool)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    size = measure(arch)
+    fits = size.params <= max_params
+    if as_json:
+        typer.echo(json.dumps({"params": size.params, "flops": size.flops, "fits": fits, "max_params": max_params,
+                               "depth": arch.depth, "arch": {"blocks": list(b), "widths": list(c), "conv_kernel": conv_kernel,
+                                                            "skip_kernel": skip_kernel, "pool": pool}}))
+        return
+    verdict = "fits" if fits else "does NOT fit"
+    typer.echo(f"ResNet-{arch.depth} blocks {blocks} widths {channels}: {size.params:,} parameters, "
+               f"{size.flops / 1e6:,.1f} MFLOPs per image; {verdict} --max-params {max_params:,}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: Typer's app with every usage or input error reduced to one line, exit 2."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # cerberus reports trials itself
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="cerberus-search", standalone_mode=False)
+    except typer.Abort:  # Ctrl-C outside a run
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.TyperException as e:  # usage errors: unknown option, a value of the wrong type
+        _fail(e.format_message())
+    except UserError as e:
+        _fail(str(e))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)

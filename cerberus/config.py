@@ -1,0 +1,173 @@
+"""The one object a trial, ``best`` and ``train`` all speak of.
+
+A :class:`Config` is an architecture (:class:`Arch`) plus a training recipe (:class:`Recipe`,
+with its :class:`Augment`). All three are frozen dataclasses of plain values, so a config is
+hashable, printable, and round-trips exactly through JSON::
+
+    Config.from_json(config.to_json()) == config
+
+Every field has a meaning on its own; nothing here knows about Optuna or search spaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "adadelta", "adadelta_agc")
+SCHEDULES = ("cosine", "step", "onecycle")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A CIFAR ResNet: stem, ``len(blocks)`` stages of BasicBlocks, average pool, linear.
+
+    ``blocks[i]`` BasicBlocks of width ``widths[i]`` form stage ``i``; stage 0 keeps the
+    32x32 resolution and every later stage halves it at its first block.
+    ``conv_kernel`` is the kernel of the stem and of every block conv, ``skip_kernel`` the
+    kernel of a projection shortcut (used where a block changes shape), and ``pool`` the
+    average-pool kernel over the last map, ``0`` meaning global pooling.
+    """
+
+    blocks: tuple[int, ...]
+    widths: tuple[int, ...]
+    conv_kernel: int = 3
+    skip_kernel: int = 1
+    pool: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.blocks) != len(self.widths) or not self.blocks:
+            raise ValueError(
+                f"blocks and widths need one entry per stage (at least one stage), "
+                f"got blocks={list(self.blocks)} widths={list(self.widths)}"
+            )
+        if min(self.blocks) < 1 or min(self.widths) < 1:
+            raise ValueError(f"blocks and widths must be >= 1, got {self}")
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise ValueError(f"conv_kernel must be odd and >= 1, got {self.conv_kernel}")
+        if self.skip_kernel not in (1, 3):
+            raise ValueError(f"skip_kernel must be 1 or 3, got {self.skip_kernel}")
+        if not 0 <= self.pool <= self.final_map_size:
+            raise ValueError(
+                f"pool must be 0 (global) or 1..{self.final_map_size} for {len(self.blocks)} "
+                f"stages (last map {self.final_map_size}x{self.final_map_size}), got {self.pool}"
+            )
+
+    @property
+    def final_map_size(self) -> int:
+        return max(1, 32 >> (len(self.blocks) - 1))
+
+    @property
+    def depth(self) -> int:
+        """Conv and linear layers on the main path, as ResNet names count them."""
+        return 2 * sum(self.blocks) + 2
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation; every field at its zero value switches that part off.
+
+    Cutout and mixup (or cutmix) combine when both are on. With both mixup and cutmix on,
+    each batch uses one of them, chosen with equal chance.
+    """
+
+    crop_padding: int = 0
+    flip: bool = False
+    rotation: float = 0.0  # maximum degrees, either way
+    cutout_holes: int = 0
+    cutout_length: int = 8
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train: optimizer, learning-rate schedule, length, regularisation, augmentation.
+
+    ``momentum`` is used by sgd and nesterov; ``milestones`` (fractions of the epochs after
+    which the learning rate drops by 10x) by the step schedule; ``agc_clip`` (the adaptive
+    gradient clipping factor of Brock et al., 2021) by adadelta_agc.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    agc_clip: float = 0.01
+    epochs: int = 10
+    batch_size: int = 128
+    label_smoothing: float = 0.0
+    augment: Augment = field(default_factory=Augment)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"epochs, batch_size and lr must be positive, got {self}")
+
+
+@dataclass(frozen=True)
+class Config:
+    arch: Arch
+    recipe: Recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        return _build(cls, data, "config")
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls.from_dict(json.loads(text))
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Rebuild dataclass ``cls`` from JSON-shaped ``data``, refusing unknown or mistyped keys."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(names))}")
+    return cls(**{k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()})
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item, _) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(item, v, where) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported field type {hint!r}")

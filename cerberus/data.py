@@ -1,0 +1,147 @@
+"""Datasets as uint8 tensors, and the split that keeps the search honest.
+
+``search_splits(name, data_dir)`` returns (train, validation): the validation split is held
+out of the *training* set, stratified by class, with a fixed seed, so every trial, worker and
+machine scores on the same 5,000 CIFAR-10 images. The test set is read by ``test_split``
+alone, which only ``cerberus-search train`` calls.
+
+Images stay ``uint8`` tensors of shape (N, 3, 32, 32) from disk to the training loop (no PIL),
+so the trainer can move a whole split to the GPU once and augment batches there.
+
+CIFAR-10 is read from the official python layout (``DATA_DIR/cifar-10-batches-py/``) without
+checking the official MD5 sums, so any faithful copy works; when that folder is missing,
+torchvision downloads the original into ``DATA_DIR`` first.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cerberus.errors import UserError
+
+DATASETS = ("cifar10", "synthetic")
+BATCHES = "cifar-10-batches-py"
+VAL_SIZE = {"cifar10": 5000, "synthetic": 500}
+SPLIT_SEED = 0  # never a flag: every worker must hold out the same images
+
+
+def default_data_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "cerberus" / "data"
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8, (N, 3, 32, 32)
+    labels: torch.Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+def search_splits(name: str, data_dir: str | Path | None = None) -> tuple[Split, Split]:
+    """(train, validation) for searching: both out of the training set, never the test set."""
+    full = _train_set(name, Path(data_dir) if data_dir else default_data_dir())
+    val_idx = stratified_holdout(full.labels, VAL_SIZE[name], SPLIT_SEED)
+    keep = torch.ones(len(full), dtype=torch.bool)
+    keep[val_idx] = False
+    return Split(full.images[keep], full.labels[keep]), Split(full.images[val_idx], full.labels[val_idx])
+
+
+def test_split(name: str, data_dir: str | Path | None = None) -> Split:
+    """The test set. Only ``cerberus-search train`` may call this, once per final model."""
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    if name == "synthetic":
+        return synthetic(1000, seed=2)
+    return read_batches(_cifar_root(data_dir), ["test_batch"])
+
+
+def stratified_holdout(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Indices of ``size`` items, the same share of every class, chosen by ``seed``."""
+    classes = torch.unique(labels)
+    per_class = size // len(classes)
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in classes:
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) <= per_class:
+            raise UserError(f"class {int(c)} has {len(idx)} images, too few to hold out {per_class} for validation")
+        picked.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.cat(picked).sort().values
+
+
+def _train_set(name: str, data_dir: Path) -> Split:
+    if name == "synthetic":
+        return synthetic(5000, seed=1)
+    if name == "cifar10":
+        return read_batches(_cifar_root(data_dir), [f"data_batch_{i}" for i in range(1, 6)])
+    raise UserError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+
+
+def _cifar_root(data_dir: Path) -> Path:
+    root = data_dir / BATCHES
+    if not (root / "data_batch_1").exists():
+        _download(data_dir)
+    return root
+
+
+def _download(data_dir: Path) -> None:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        CIFAR10(str(data_dir), train=True, download=True)
+    except Exception as e:  # network, disk, integrity: all end the same way for the user
+        raise UserError(
+            f"CIFAR-10 is not in {data_dir} and could not be downloaded there ({type(e).__name__}: {e}); "
+            f"put the official python layout {BATCHES}/ in --data-dir, or use --data synthetic"
+        ) from None
+
+
+def read_batches(root: Path, files: list[str]) -> Split:
+    """Read pickled batches of the official python layout (no checksum test)."""
+    images, labels = [], []
+    for f in files:
+        path = root / f
+        try:
+            with open(path, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            ys = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), dtype=np.int64)
+        except FileNotFoundError:
+            raise UserError(f"{path} is missing; {root} must hold data_batch_1..5 and test_batch of the official layout") from None
+        except Exception as e:
+            raise UserError(f"{path} is not a CIFAR-10 batch ({type(e).__name__}: {e}); re-download it or point --data-dir elsewhere") from None
+        if len(data) != len(ys):
+            raise UserError(f"{path} holds {len(data)} images but {len(ys)} labels")
+        images.append(torch.from_numpy(data))
+        labels.append(torch.from_numpy(ys))
+    return Split(torch.cat(images), torch.cat(labels))
+
+
+def synthetic(n: int, seed: int) -> Split:
+    """``n`` images of 10 classes: a class colour under a grating of a class orientation, with
+    random phase, contrast and noise. A small conv net beats chance on it within one epoch."""
+    g = torch.Generator().manual_seed(seed)
+    palette = torch.Generator().manual_seed(0)  # classes look the same in every split
+    colours = torch.rand(10, 3, 1, 1, generator=palette)
+    angles = torch.arange(10) * torch.pi / 10
+    labels = torch.arange(n) % 10
+    labels = labels[torch.randperm(n, generator=g)]
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    a = angles[labels].view(-1, 1, 1)
+    phase = torch.rand(n, 1, 1, generator=g) * 2 * torch.pi
+    grating = torch.sin(2 * torch.pi / 8 * (xx * torch.cos(a) + yy * torch.sin(a)) + phase)
+    contrast = 0.05 + 0.15 * torch.rand(n, 1, 1, 1, generator=g)
+    tint = 0.3 + 0.1 * colours[labels] + 0.3 * torch.rand(n, 3, 1, 1, generator=g)  # colour alone is a weak hint
+    img = tint + contrast * grating.unsqueeze(1) + 0.2 * torch.randn(n, 3, 32, 32, generator=g)
+    return Split((img.clamp(0, 1) * 255).round().to(torch.uint8), labels)

@@ -1,0 +1,89 @@
+"""The ResNet family cerberus searches, and its exact size without building weights.
+
+``ResNet(arch)`` is the whole model, in the shape of kuangliu/pytorch-cifar's ResNet:
+a 3 -> widths[0] stem (no max-pool), stages of BasicBlocks, average pool, linear to 10 classes.
+With ``Arch((3, 5, 3), (64, 128, 256))`` it is the course project's ResNet-24, 4,918,602
+parameters.
+
+``measure(arch)`` builds the same module on the meta device (no memory, no weights) and
+returns its exact parameter count and forward FLOPs per image, in milliseconds, which is
+what lets the search reject an over-budget architecture before a real model exists.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from cerberus.config import Arch
+
+NUM_CLASSES = 10
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, kernel: int, skip_kernel: int) -> None:
+        super().__init__()
+        pad = kernel // 2
+        self.conv1 = nn.Conv2d(c_in, c_out, kernel, stride, pad, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, kernel, 1, pad, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, skip_kernel, stride, skip_kernel // 2, bias=False),
+                nn.BatchNorm2d(c_out),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, arch: Arch) -> None:
+        super().__init__()
+        k = arch.conv_kernel
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, arch.widths[0], k, 1, k // 2, bias=False),
+            nn.BatchNorm2d(arch.widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        layers: list[nn.Module] = []
+        c_in = arch.widths[0]
+        for stage, (n_blocks, width) in enumerate(zip(arch.blocks, arch.widths)):
+            for b in range(n_blocks):
+                stride = 2 if stage > 0 and b == 0 else 1
+                layers.append(BasicBlock(c_in, width, stride, k, arch.skip_kernel))
+                c_in = width
+        self.layers = nn.Sequential(*layers)
+        m = arch.final_map_size
+        pool = arch.pool or m
+        self.pool = nn.AvgPool2d(pool)
+        side = (m - pool) // pool + 1
+        self.linear = nn.Linear(c_in * side * side, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pool(self.layers(self.stem(x)))
+        return self.linear(out.flatten(1))
+
+
+class Size(NamedTuple):
+    params: int
+    flops: int  # forward FLOPs for one 32x32 image, as torch's FlopCounterMode counts them
+
+
+def measure(arch: Arch) -> Size:
+    """Exact parameter count and FLOPs per image of ``ResNet(arch)``, without any weights."""
+    with torch.device("meta"):
+        model = ResNet(arch).eval()
+        x = torch.empty(1, 3, 32, 32)
+    params = sum(p.numel() for p in model.parameters())
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return Size(params, counter.get_total_flops())
