@@ -6,7 +6,9 @@ Bad input of any kind ends in one line on stderr and exit code 2, before any wor
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -65,9 +67,22 @@ def run(
     done = studies.count_trained(optuna_study)
     out = typer.echo
     out(f"study {study!r} in {storage}: {done} of {trials} trained trials, space {space}, budget {max_params:,} params, device {opts.device}", err=True)
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        # A KeyboardInterrupt raised inside a finaliser that gc runs is swallowed; the flag is not.
+        stop.set()
+        raise KeyboardInterrupt
+
+    def unraisable(hook: object) -> None:  # the finaliser case above: the flag carries it
+        if not issubclass(hook.exc_type, KeyboardInterrupt):  # type: ignore[attr-defined]
+            sys.__unraisablehook__(hook)  # type: ignore[arg-type]
+
+    signal.signal(signal.SIGINT, on_sigint)
+    sys.unraisablehook = unraisable
     try:
         with Reporter(trials, done) as reporter:
-            result = studies.run(optuna_study, search_space, opts, reporter)
+            result = studies.run(optuna_study, search_space, opts, reporter, stop)
     except KeyboardInterrupt:
         left = trials - studies.count_trained(optuna_study)
         out(f"interrupted: the study holds {trials - left} of {trials} trained trials; run the same command to train the other {left}", err=True)
@@ -186,9 +201,7 @@ def count(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: Typer's app with every usage or input error reduced to one line, exit 2."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # cerberus reports trials itself
+    _quiet_optuna()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="cerberus-search", standalone_mode=False)
@@ -201,6 +214,21 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         _fail(str(e))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _quiet_optuna() -> None:
+    """cerberus reports trials itself: keep Optuna's warnings, drop its per-trial lines and the
+    traceback it logs for a trial stopped by Ctrl-C (the run says how to resume instead)."""
+    import logging
+
+    import optuna
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("optuna %(levelname)s: %(message)s"))
+    handler.addFilter(lambda r: not (r.exc_info and isinstance(r.exc_info[1], KeyboardInterrupt)))
+    optuna.logging.disable_default_handler()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna").addHandler(handler)
 
 
 def _fail(message: str) -> None:

@@ -19,6 +19,7 @@ Contract of :func:`run`:
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -93,7 +94,19 @@ def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | No
     return study
 
 
-def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter) -> RunSummary:
+def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
+        stop: threading.Event | None = None) -> RunSummary:
+    """Optimise until the study holds ``opts.trials`` trained trials (or the timeout).
+
+    ``stop`` is the Ctrl-C flag: a KeyboardInterrupt can vanish when it lands in a finaliser
+    that garbage collection runs (SQLAlchemy has some), so the run also checks the flag after
+    every epoch and every trial and raises KeyboardInterrupt itself.
+    """
+    stop = stop or threading.Event()
+
+    def check_stop() -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
     splits = functools.cache(lambda: datasets.search_splits(opts.data, opts.data_dir))
     state = {"trained": 0, "rejected": 0, "in_a_row": 0, "gave_up": False}
 
@@ -110,6 +123,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter)
         epochs = config.recipe.epochs
 
         def on_epoch(epoch: int, accuracy: float) -> bool:
+            check_stop()
             trial.report(accuracy, epoch)
             reporter.epoch(trial.number, epoch, epochs, accuracy)
             return epoch < epochs and trial.should_prune()
@@ -124,6 +138,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter)
         return result.val_accuracy
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        check_stop()
         if trial.user_attrs.get("reason") == OVER_BUDGET:
             state["rejected"] += 1
             state["in_a_row"] += 1

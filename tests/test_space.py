@@ -1,0 +1,101 @@
+from pathlib import Path
+
+import optuna
+import pytest
+
+from cerberus import space as spaces
+from cerberus.config import Arch, Augment, Config, Recipe
+from cerberus.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sample(space: spaces.Space, n: int, seed: int = 0) -> list[Config]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [space.sample(study.ask()) for _ in range(n)]
+
+
+def test_config_round_trips_through_json():
+    for config in sample(spaces.load(ROOT / "search/default.toml"), 50):
+        assert Config.from_json(config.to_json()) == config
+
+
+def test_config_json_refuses_unknown_keys_and_wrong_types():
+    good = Config(Arch((1,), (8,)), Recipe()).to_dict()
+    with pytest.raises(ValueError, match="unknown key 'depth'"):
+        Config.from_dict({**good, "arch": {**good["arch"], "depth": 3}})
+    with pytest.raises(ValueError, match="expected an integer"):
+        Config.from_dict({**good, "arch": {**good["arch"], "pool": "global"}})
+
+
+def test_seed_space_pins_the_course_recipe():
+    (config,) = sample(spaces.load(ROOT / "search/seed.toml"), 1)
+    assert config == Config(
+        Arch((3, 5, 3), (64, 128, 256), conv_kernel=3, skip_kernel=1, pool=0),
+        Recipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="step",
+               milestones=(0.4, 0.75), epochs=200, batch_size=128,
+               augment=Augment(crop_padding=4, flip=True, rotation=10.0, cutout_holes=1, cutout_length=8)),
+    )
+    # Milestones 0.4 and 0.75 of 200 epochs are the course project's epochs 80 and 150.
+    assert [m * 200 for m in config.recipe.milestones] == [80, 150]
+
+
+def test_samples_respect_the_space_and_conditions():
+    space = spaces.load(ROOT / "search/default.toml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(100):
+        trial = study.ask()
+        c = space.sample(trial)
+        assert len(c.arch.blocks) in (3, 4)
+        assert all(1 <= b <= 5 for b in c.arch.blocks)
+        assert ("momentum" in trial.params) == (c.recipe.optimizer in ("sgd", "nesterov"))
+        assert ("milestones" in trial.params) == (c.recipe.schedule == "step")
+        assert ("cutout_length" in trial.params) == (c.recipe.augment.cutout_holes > 0)
+        assert f"blocks_{len(c.arch.blocks)}" in trial.params
+        study.tell(trial, 0.0)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    return path
+
+
+BASE = '[arch]\nstages = 2\nblocks = 1\nwidths = 8\n'
+
+
+@pytest.mark.parametrize("text, message", [
+    (BASE + "depth = 3\n", r"\[arch\] depth: unknown key; allowed: blocks, conv_kernel"),
+    (BASE + '[recipe]\noptimizer = "rmsprop"\n', r"\[recipe\] optimizer: 'rmsprop' is not allowed; allowed: sgd, nesterov, adam, adamw, adadelta, adadelta_agc"),
+    (BASE + "[recipe]\nlr = { low = 0.1, high = 0.01 }\n", r"\[recipe\] lr: range low 0.1 must be below high 0.01"),
+    (BASE + "[recipe]\nlr = { low = 0, high = 1, log = true }\n", r"\[recipe\] lr: .*not allowed; allowed: numbers > 0"),
+    (BASE + "[recipe]\nepochs = []\n", r"\[recipe\] epochs: empty list of choices"),
+    (BASE + '[recipe]\nepochs = "ten"\n', r"\[recipe\] epochs: 'ten' is not allowed; allowed: integers >= 1"),
+    (BASE + "[recipe]\nbatch_size = 12.5\n", r"\[recipe\] batch_size: 12.5 is not allowed"),
+    (BASE + "[augment]\nflip = 1\n", r"\[augment\] flip: 1 is not allowed; allowed: true or false"),
+    (BASE + "[training]\n", r"unknown table \[training\]; allowed: \[arch\], \[recipe\], \[augment\]"),
+    ("[arch]\nstages = [2, 3]\nblocks_1 = 1\nblocks_2 = 1\nwidths = 8\n", r"\[arch\] blocks: missing for stage 3"),
+    (BASE + "blocks_5 = 2\n", r"\[arch\] blocks_5: stage 5 does not exist"),
+    (BASE + "pool = 17\n", r"\[arch\] pool: 17 is larger than the last map \(16x16 with 2 stages\)"),
+    (BASE + "skip_kernel = [1, 2]\n", r"\[arch\] skip_kernel: 2 is not allowed; allowed: 1 or 3"),
+    (BASE + "[recipe]\nmilestones = [0.8, 0.4]\n", r"\[recipe\] milestones: .*increasing fractions"),
+    (BASE + "[recipe]\nepochs = { low = 1, high = 5, stride = 2 }\n", r"unknown range key 'stride'; allowed: low, high, log, step"),
+    ("[arch]\nblocks = 1\n", r"\[arch\] stages: missing"),
+    ("[arch\n", r"not valid TOML"),
+])
+def test_wrong_files_name_file_key_and_what_is_allowed(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError, match=message) as err:
+        spaces.load(path)
+    assert str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        spaces.load(tmp_path / "nope.toml")
+
+
+def test_shipped_spaces_load():
+    for name in ("default", "seed", "smoke"):
+        spaces.load(ROOT / "search" / f"{name}.toml")
