@@ -47,26 +47,76 @@ def run(
     data_dir: Annotated[Optional[Path], typer.Option(help="Where CIFAR-10 is (or is downloaded to); default ~/.cache/cerberus/data.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling and training (reproducible on CPU).")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes on this machine (per GPU with --gpus), all on the same study.")] = 1,
+    gpus: Annotated[Optional[str], typer.Option(help="Comma-separated CUDA device indices, e.g. 0,1: --workers processes on each.")] = None,
+    max_failures: Annotated[int, typer.Option(help="Stop after this many failed trials in a row.")] = 5,
+    heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats; silent for 3x that, it is retried.")] = 10,
 ) -> None:
     """Search: sample, budget-check, train and score trials until the study holds --trials trained ones."""
     from cerberus import data as datasets
     from cerberus import space as spaces
     from cerberus import storage as stores
     from cerberus import study as studies
-    from cerberus.progress import Reporter
+    from cerberus import workers as pool
 
-    for name, value in (("--trials", trials), ("--max-params", max_params), ("--epochs", epochs), ("--timeout", timeout)):
+    for name, value in (("--trials", trials), ("--max-params", max_params), ("--epochs", epochs), ("--timeout", timeout),
+                        ("--workers", workers), ("--max-failures", max_failures), ("--heartbeat", heartbeat)):
         _positive(name, value)
     if data not in datasets.DATASETS:
         raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
+    devices = _worker_devices(device, gpus, workers)
+    stores.sqlite_path(storage)  # the URL's syntax: cheap, so before the slower checks
     search_space = spaces.load(space)
-    opts = studies.RunOptions(trials, max_params, epochs, studies.resolve_device(device), data,
-                              str(data_dir) if data_dir else None, seed, timeout)
-    studies.check_budget(search_space, max_params)  # before the storage file is even created
-    optuna_study = studies.create_study(study, stores.open_storage(storage, create=True), seed)
+    studies.check_budget(search_space, max_params)
+    splits = datasets.search_splits(data, data_dir)  # a missing or broken dataset is refused here
+    index = pool.worker_index()
+    optuna_study = studies.create_study(study, stores.open_storage(storage, create=True, heartbeat=heartbeat),
+                                        seed, worker=index or 0)
     done = studies.count_trained(optuna_study)
-    out = typer.echo
-    out(f"study {study!r} in {storage}: {done} of {trials} trained trials, space {space}, budget {max_params:,} params, device {opts.device}", err=True)
+    if index is None:
+        typer.echo(f"study {study!r} in {storage}: {done} of {trials} trained trials, space {space}, budget "
+                   f"{max_params:,} params, {len(devices)} worker(s) on {', '.join(sorted(set(devices)))}", err=True)
+    if len(devices) > 1:
+        common = ["run", "--trials", str(trials), "--study", study, "--storage", storage, "--space", str(space),
+                  "--max-params", str(max_params), "--data", data, "--max-failures", str(max_failures),
+                  "--heartbeat", str(heartbeat), "--workers", "1"]
+        for flag, value in (("--epochs", epochs), ("--data-dir", data_dir), ("--seed", seed), ("--timeout", timeout)):
+            if value is not None:
+                common += [flag, str(value)]
+        cpu_workers = sum(studies.resolve_device(d).type == "cpu" for d in devices)
+        code = pool.spawn([[*common, "--device", d] for d in devices], cpu_workers)
+        _say_where(studies, optuna_study, trials, study, storage, code)
+        raise typer.Exit(code)
+    opts = studies.RunOptions(trials, max_params, epochs, studies.resolve_device(devices[0]), data,
+                              str(data_dir) if data_dir else None, seed, timeout, max_failures,
+                              stores.artifact_dir(storage, study))
+    result = _run_one(studies, optuna_study, search_space, opts, lambda: splits, done, index)
+    _say_where(studies, optuna_study, trials, study, storage, 0, result)
+    if result.gave_up:
+        typer.echo(f"stopped: {studies.MAX_REJECTIONS_IN_A_ROW} architectures in a row were over budget; narrow the space or raise --max-params", err=True)
+        raise typer.Exit(1)
+    if result.failed_out:
+        typer.echo(f"stopped: {max_failures} trials failed in a row (see their 'error' attribute); fix the cause and run the same command again", err=True)
+        raise typer.Exit(1)
+
+
+def _worker_devices(device: str, gpus: str | None, workers: int) -> list[str]:
+    """One device spec per worker process: --workers on --device, or --workers on each of --gpus."""
+    from cerberus.study import resolve_device
+
+    if gpus is None:
+        resolve_device(device)
+        return [device] * workers
+    indices = _int_list("--gpus", gpus, minimum=0)
+    for i in indices:
+        resolve_device(f"cuda:{i}")
+    return [f"cuda:{i}" for i in indices for _ in range(workers)]
+
+
+def _run_one(studies, optuna_study, search_space, opts, splits, done, index):  # type: ignore[no-untyped-def]
+    """This process as one worker, with Ctrl-C turned into a clean stop (exit 130)."""
+    from cerberus.progress import Reporter
+
     stop = threading.Event()
 
     def on_sigint(signum: int, frame: object) -> None:
@@ -78,24 +128,41 @@ def run(
         if not issubclass(hook.exc_type, KeyboardInterrupt):  # type: ignore[attr-defined]
             sys.__unraisablehook__(hook)  # type: ignore[arg-type]
 
-    signal.signal(signal.SIGINT, on_sigint)
+    previous = signal.signal(signal.SIGINT, on_sigint), sys.unraisablehook
     sys.unraisablehook = unraisable
     try:
-        with Reporter(trials, done) as reporter:
-            result = studies.run(optuna_study, search_space, opts, reporter, stop)
+        with Reporter(opts.trials, done, prefix="" if index is None else f"[w{index}] ") as reporter:
+            return studies.run(optuna_study, search_space, opts, reporter, stop, splits)
     except KeyboardInterrupt:
-        left = trials - studies.count_trained(optuna_study)
-        out(f"interrupted: the study holds {trials - left} of {trials} trained trials; run the same command to train the other {left}", err=True)
+        if index is None:
+            left = opts.trials - studies.count_trained(optuna_study)
+            typer.echo(f"interrupted: the study holds {opts.trials - left} of {opts.trials} trained trials; "
+                       f"run the same command to train the other {left} (the stopped trial resumes from its last epoch)", err=True)
         raise typer.Exit(130) from None
-    out(f"trained {result.trained_now} trial(s) this run, rejected {result.rejected_now} over-budget architecture(s); "
-        f"the study holds {result.trained} of {trials} trained trials", err=True)
-    if result.best is not None:
-        b = result.best
-        out(f"best: trial {b.number}, val accuracy {b.value:.4f}, {b.user_attrs['params']:,} params "
-            f"(see `cerberus-search best --study {study} --storage {storage}`)", err=True)
-    if result.gave_up:
-        out(f"stopped: {studies.MAX_REJECTIONS_IN_A_ROW} architectures in a row were over budget; narrow the space or raise --max-params", err=True)
-        raise typer.Exit(1)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        sys.unraisablehook = previous[1]
+
+
+def _say_where(studies, optuna_study, trials, study, storage, code, result=None) -> None:  # type: ignore[no-untyped-def]
+    from cerberus import workers as pool
+
+    if pool.worker_index() is not None:
+        return
+    if code == 130:
+        left = trials - studies.count_trained(optuna_study)
+        typer.echo(f"interrupted: run the same command to train the other {left} trial(s)", err=True)
+        return
+    held = studies.count_trained(optuna_study)
+    if result is not None:
+        typer.echo(f"trained {result.trained_now} trial(s) this run, rejected {result.rejected_now} over-budget "
+                   f"architecture(s); the study holds {held} of {trials} trained trials", err=True)
+    else:
+        typer.echo(f"the study holds {held} of {trials} trained trials", err=True)
+    best = studies.best_trial(optuna_study)
+    if best is not None:
+        typer.echo(f"best: trial {best.number}, val accuracy {best.value:.4f}, {best.user_attrs['params']:,} params "
+                   f"(see `cerberus-search best --study {study} --storage {storage}`)", err=True)
 
 
 @app.command()
@@ -156,13 +223,14 @@ def _augment_text(aug: dict) -> str:
     return " ".join(parts) or "none"
 
 
-def _int_list(option: str, text: str) -> tuple[int, ...]:
+def _int_list(option: str, text: str, minimum: int = 1) -> tuple[int, ...]:
+    kind = "positive integers, e.g. 3,5,3" if minimum == 1 else "integers >= 0, e.g. 0,1"
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise UserError(f"{option} {text!r} must be comma-separated positive integers, e.g. 3,5,3") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{option} {text!r} must be comma-separated positive integers, e.g. 3,5,3")
+        raise UserError(f"{option} {text!r} must be comma-separated {kind}") from None
+    if not values or min(values) < minimum or len(set(values)) != len(values) and minimum == 0:
+        raise UserError(f"{option} {text!r} must be comma-separated {kind}")
     return values
 
 

@@ -18,14 +18,18 @@ Contract of :func:`run`:
 
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from cerberus import data as datasets
@@ -33,11 +37,16 @@ from cerberus.config import Config
 from cerberus.errors import UserError
 from cerberus.model import measure
 from cerberus.progress import Reporter
+from cerberus.data import Split
 from cerberus.space import Space, replace_epochs
-from cerberus.train import fit
+from cerberus.storage import MAX_RETRY
+from cerberus.train import Result, fit
 
-OVER_BUDGET, PRUNED, DIVERGED = "over_budget", "pruned", "diverged"
+OVER_BUDGET, PRUNED, DIVERGED = "over_budget", "pruned", "diverged"  # PRUNED trials
+INTERRUPTED, OUT_OF_MEMORY, ERROR, WORKER_DIED = "interrupted", "out_of_memory", "error", "worker_died"  # FAIL
 MAX_REJECTIONS_IN_A_ROW = 1000  # a feasible space that the sampler still cannot hit
+# What a finished trial records about how it ended; a retry, which inherits them, clears them.
+OUTCOME_ATTRS = ("reason", "error", "epochs", "train_seconds", "images_per_s", "resumed_epochs")
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class RunOptions:
     data_dir: str | None = None
     seed: int | None = None
     timeout: float | None = None
+    max_failures: int = 5  # failed trials in a row that end the run
+    artifacts: Path | None = None  # the study's folder; checkpoints go in artifacts/checkpoints
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class RunSummary:
     rejected_now: int
     best: FrozenTrial | None
     gave_up: bool = False  # MAX_REJECTIONS_IN_A_ROW rejections without a trained trial
+    failed_out: bool = False  # max_failures failed trials in a row
 
 
 def is_trained(t: FrozenTrial) -> bool:
@@ -78,47 +90,83 @@ def check_budget(space: Space, max_params: int) -> None:
         )
 
 
-def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | None) -> optuna.Study:
+def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | None, worker: int = 0) -> optuna.Study:
     """The study, made on first use. The sampler and pruner are per process (Optuna keeps
-    neither in storage); the seed is offset by the trials already there, so a resumed run does
-    not replay the random start-up samples of the first."""
+    neither in storage); the seed is offset by the trials already there and by the worker's
+    index, so neither a resumed run nor a second worker replays the random start-up samples."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     offset = len(study.get_trials(deepcopy=False))
     with warnings.catch_warnings():
         # group=True is what keeps TPE multivariate across stage counts; it is marked experimental.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.sampler = optuna.samplers.TPESampler(
-            seed=None if seed is None else seed + offset, multivariate=True, group=True, n_startup_trials=10
+            seed=None if seed is None else seed + offset + 7919 * worker, multivariate=True, group=True, n_startup_trials=10
         )
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     return study
 
 
 def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
-        stop: threading.Event | None = None) -> RunSummary:
+        stop: threading.Event | None = None, splits: Callable[[], tuple[Split, Split]] | None = None) -> RunSummary:
     """Optimise until the study holds ``opts.trials`` trained trials (or the timeout).
 
     ``stop`` is the Ctrl-C flag: a KeyboardInterrupt can vanish when it lands in a finaliser
     that garbage collection runs (SQLAlchemy has some), so the run also checks the flag after
-    every epoch and every trial and raises KeyboardInterrupt itself.
+    every epoch and every trial and raises KeyboardInterrupt itself. The interrupted trial
+    ends FAIL with ``reason = "interrupted"``, keeps its checkpoint and is queued again, so
+    the next run resumes it. ``splits`` loads (train, validation); by default the dataset of
+    ``opts``, loaded once, when the first trial that fits the budget needs it.
     """
     stop = stop or threading.Event()
+    splits = functools.cache(splits or (lambda: datasets.search_splits(opts.data, opts.data_dir)))
+    state = {"trained": 0, "rejected": 0, "rejected_in_a_row": 0, "failed_in_a_row": 0,
+             "gave_up": False, "failed_out": False, "current": None}
 
     def check_stop() -> None:
         if stop.is_set():
             raise KeyboardInterrupt
-    splits = functools.cache(lambda: datasets.search_splits(opts.data, opts.data_dir))
-    state = {"trained": 0, "rejected": 0, "in_a_row": 0, "gave_up": False}
 
     def objective(trial: optuna.Trial) -> float:
-        config = replace_epochs(space.sample(trial), opts.epochs)
+        state["current"] = trial.number
+        inherited = trial.user_attrs
+        if "origin" in inherited:  # a retry: Optuna's retry callback copied its original's attributes
+            config = Config.from_dict(inherited["config"])
+            _set_attrs(trial, **{k: None for k in OUTCOME_ATTRS if k in inherited})
+        else:
+            config = replace_epochs(space.sample(trial), opts.epochs)
+            trial.set_user_attr("origin", trial.number)
+        origin = trial.user_attrs["origin"]
         size = measure(config.arch)
         _set_attrs(trial, config=config.to_dict(), params=size.params, flops=size.flops)
-        trial.set_constraint("params", size.params - opts.max_params)
+        if "params" not in trial.constraints:  # a retry inherits it
+            trial.set_constraint("params", size.params - opts.max_params)
         if size.params > opts.max_params:
             trial.set_user_attr("reason", OVER_BUDGET)
             reporter.rejected_arch(trial.number, size.params, opts.max_params)
             raise optuna.TrialPruned(f"{size.params} parameters > {opts.max_params}")
+        checkpoint = checkpoint_path(opts.artifacts, origin)
+        try:
+            result = _train(trial, config, splits, checkpoint)
+        except KeyboardInterrupt:
+            trial.set_user_attr("reason", INTERRUPTED)  # the checkpoint stays for the retry
+            raise
+        except Exception as e:
+            _forget(checkpoint)
+            oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+            trial.set_user_attr("reason", OUT_OF_MEMORY if oom else ERROR)
+            trial.set_user_attr("error", f"{type(e).__name__}: {' '.join(str(e).split())}"[:500])
+            raise
+        _forget(checkpoint)
+        _set_attrs(trial, epochs=result.epochs, train_seconds=result.train_seconds,
+                   images_per_s=result.images_per_s, device=device_name(opts.device))
+        if result.resumed_epochs:
+            trial.set_user_attr("resumed_epochs", result.resumed_epochs)
+        if result.diverged or result.stopped:
+            trial.set_user_attr("reason", DIVERGED if result.diverged else PRUNED)
+            raise optuna.TrialPruned()
+        return result.val_accuracy
+
+    def _train(trial: optuna.Trial, config: Config, splits: Callable, checkpoint: Path | None) -> Result:
         train, val = splits()
         epochs = config.recipe.epochs
 
@@ -129,36 +177,75 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
             return epoch < epochs and trial.should_prune()
 
         seed = None if opts.seed is None else opts.seed * 100_003 + trial.number
-        result = fit(config, train, val, opts.device, on_epoch, seed=seed)
-        _set_attrs(trial, epochs=result.epochs, train_seconds=result.train_seconds,
-                   images_per_s=result.images_per_s, device=device_name(opts.device))
-        if result.diverged or result.stopped:
-            trial.set_user_attr("reason", DIVERGED if result.diverged else PRUNED)
-            raise optuna.TrialPruned()
-        return result.val_accuracy
+        return fit(config, train, val, opts.device, on_epoch, seed=seed, checkpoint=checkpoint)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        if opts.device.type == "cuda":
+            torch.cuda.empty_cache()  # gc_after_trial has dropped the trial's tensors by now
         check_stop()
-        if trial.user_attrs.get("reason") == OVER_BUDGET:
+        reason = trial.user_attrs.get("reason")
+        if reason == OVER_BUDGET:
             state["rejected"] += 1
-            state["in_a_row"] += 1
-            if state["in_a_row"] >= MAX_REJECTIONS_IN_A_ROW:
+            state["rejected_in_a_row"] += 1
+            if state["rejected_in_a_row"] >= MAX_REJECTIONS_IN_A_ROW:
                 state["gave_up"] = True
                 study.stop()
             return
-        state["in_a_row"] = 0
+        state["rejected_in_a_row"] = 0
+        if trial.state == TrialState.FAIL:
+            state["failed_in_a_row"] += 1
+            reporter.failed(trial.number, reason or ERROR, trial.user_attrs.get("error", ""))
+            if state["failed_in_a_row"] >= opts.max_failures:
+                state["failed_out"] = True
+                study.stop()
+            return
+        state["failed_in_a_row"] = 0
         if is_trained(trial):
             state["trained"] += 1
             accuracy = trial.value if trial.state == TrialState.COMPLETE else _last_report(trial)
-            label = trial.user_attrs.get("reason", "complete")
-            reporter.finished(trial.number, label, accuracy, trial.user_attrs["params"],
+            reporter.finished(trial.number, reason or "complete", accuracy, trial.user_attrs["params"],
                               trial.user_attrs.get("train_seconds", 0.0))
         if count_trained(study) >= opts.trials:
             study.stop()
 
     if count_trained(study) < opts.trials:
-        study.optimize(objective, timeout=opts.timeout, callbacks=[after_trial], gc_after_trial=True)
-    return RunSummary(count_trained(study), state["trained"], state["rejected"], best_trial(study), state["gave_up"])
+        try:
+            study.optimize(objective, timeout=opts.timeout, callbacks=[after_trial],
+                           gc_after_trial=True, catch=(Exception,))
+        except KeyboardInterrupt:
+            _queue_again(study, state["current"])
+            raise
+    return RunSummary(count_trained(study), state["trained"], state["rejected"], best_trial(study),
+                      state["gave_up"], state["failed_out"])
+
+
+def checkpoint_path(artifacts: Path | None, trial_number: int) -> Path | None:
+    """Where the running trial ``trial_number`` (the original, for a retry) keeps its state."""
+    return None if artifacts is None else artifacts / "checkpoints" / f"trial-{trial_number}.pt"
+
+
+def _forget(checkpoint: Path | None) -> None:
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+
+
+def _queue_again(study: optuna.Study, number: int | None) -> None:
+    """Queue a retry of the trial Ctrl-C stopped, as the heartbeat does for a dead worker's."""
+    if number is None:
+        return
+    trial = study.get_trials(deepcopy=False)[number]
+    if trial.state == TrialState.FAIL and trial.user_attrs.get("reason") == INTERRUPTED:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, copy.deepcopy(trial))
+
+
+def end_reason(trial: FrozenTrial) -> str | None:
+    """Why a trial did not complete: its ``reason`` attribute, or ``worker_died`` for a failed
+    trial without one (every other way to fail records its reason; a killed worker cannot)."""
+    if trial.state == TrialState.FAIL:
+        return trial.user_attrs.get("reason") or WORKER_DIED
+    return trial.user_attrs.get("reason")
 
 
 def _set_attrs(trial: optuna.Trial, **attrs: Any) -> None:

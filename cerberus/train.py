@@ -5,6 +5,11 @@
 from 1); when that returns True the run stops there, which is how a pruner cuts a trial.
 A loss that turns NaN or infinite also stops the run, with ``diverged`` set.
 
+With ``checkpoint`` (a file path), the state after every epoch (weights, optimizer, schedule,
+random generators, validation history) is written there atomically, and a fit that finds the
+file resumes after its last epoch: it first replays ``on_epoch`` for the restored epochs, so a
+fresh Optuna trial sees the whole curve, then trains the rest. Deleting the file is the caller's.
+
 Both splits move to the device once; batches are sliced, normalised and augmented there.
 On CUDA the step runs under bf16 autocast with channels-last memory; on the CPU in fp32.
 The loss is summed on the device and read once per epoch, so the epoch has no host sync.
@@ -13,9 +18,11 @@ The loss is summed on the device and read once per epoch, so the epoch has no ho
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +44,7 @@ class Result:
     history: list[float] = field(default_factory=list)  # validation accuracy per epoch
     stopped: bool = False  # on_epoch asked to stop
     diverged: bool = False  # the loss became NaN or infinite
+    resumed_epochs: int = 0  # epochs restored from a checkpoint rather than trained here
 
 
 def fit(
@@ -46,6 +54,7 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[int, float], bool] | None = None,
     seed: int | None = None,
+    checkpoint: Path | None = None,
 ) -> Result:
     if seed is not None:
         torch.manual_seed(seed)
@@ -66,8 +75,15 @@ def fit(
 
     start = time.perf_counter()
     step_seconds, history = 0.0, []
-    result = dict(stopped=False, diverged=False)
-    for epoch in range(1, recipe.epochs + 1):
+    result = dict(stopped=False, diverged=False, resumed_epochs=0)
+    if checkpoint is not None and checkpoint.exists():
+        step_seconds, history = _restore(checkpoint, model, optimizer, scheduler)
+        result["resumed_epochs"] = len(history)
+        if on_epoch is not None and any(on_epoch(e, a) for e, a in enumerate(history, 1)):
+            result["stopped"] = True
+    for epoch in range(len(history) + 1, recipe.epochs + 1):
+        if result["stopped"]:
+            break
         model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -91,6 +107,8 @@ def fit(
             break
         step_seconds += time.perf_counter() - t0
         history.append(evaluate(model, val, mean, std, memory_format))
+        if checkpoint is not None:
+            _save(checkpoint, model, optimizer, scheduler, step_seconds, history)
         if on_epoch is not None and on_epoch(epoch, history[-1]):
             result["stopped"] = True
             break
@@ -102,6 +120,31 @@ def fit(
         history=history,
         **result,
     )
+
+
+def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+          scheduler: torch.optim.lr_scheduler.LRScheduler, step_seconds: float, history: list[float]) -> None:
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "history": history, "step_seconds": step_seconds, "cpu_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint whole
+
+
+def _restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[float, list[float]]:
+    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["cpu_rng"].cpu())
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    return state["step_seconds"], list(state["history"])
 
 
 @torch.no_grad()

@@ -30,3 +30,48 @@ def popen(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "cerberus", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A throwaway PostgreSQL server on 127.0.0.1, started here from Debian's `postgresql`
+    binaries (.ci/run installs them) and stopped after the tests. Skips, saying why, only
+    when no server can be started."""
+    import socket
+
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql): PostgreSQL tests not run")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root; Debian's package made the postgres user
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as its own user")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="cerberus-pg-"))  # not under pytest's root-only tmp folder
+    data = root / "data"
+    if as_user:
+        shutil.chown(root, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120)  # noqa: E731
+    steps = [
+        [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+         f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off", "start"],
+        [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "cerberus"],
+    ]
+    for cmd in steps:
+        r = run(*cmd)
+        if r.returncode != 0:
+            pytest.skip(f"PostgreSQL could not be started ({Path(cmd[0]).name}: {r.stderr.strip()[:200]}): PostgreSQL tests not run")
+    yield f"postgresql://postgres@127.0.0.1:{port}/cerberus"
+    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+    shutil.rmtree(root, ignore_errors=True)

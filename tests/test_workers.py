@@ -1,0 +1,67 @@
+"""Several workers on one study: on the default SQLite file and on a real PostgreSQL server."""
+
+import json
+import subprocess
+import sys
+
+import optuna
+from optuna.trial import TrialState
+
+from conftest import ROOT, cli
+
+SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
+
+
+def stress(url: str, workers: int = 8, trials: int = 400) -> dict:
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "storage_stress.py"), "--storage", url,
+                        "--workers", str(workers), "--trials", str(trials)],
+                       capture_output=True, text=True, timeout=400, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def assert_clean(result: dict) -> None:
+    assert result["errors"] == 0, result["first_errors"]
+    assert result["complete"] >= result["target"]  # workers finish the trial in hand: a few more
+    assert result["unfinished"] == 0 and result["duplicate_numbers"] == 0
+
+
+def test_eight_workers_on_sqlite_lose_nothing(tmp_path):
+    assert_clean(stress(f"sqlite:///{tmp_path / 'stress.db'}"))
+
+
+def test_eight_workers_on_postgresql_lose_nothing(postgres_url):
+    assert_clean(stress(postgres_url))
+
+
+def distinct_numbers(url: str) -> list:
+    trials = optuna.load_study(study_name="cerberus", storage=url).get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    return trials
+
+
+def test_run_with_workers_fills_one_study(workdir):
+    r = cli("run", *SMOKE, "--trials", "4", "--workers", "2", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert "[w0]" in r.stderr and "[w1]" in r.stderr
+    trials = distinct_numbers(f"sqlite:///{workdir / 'studies' / 'cerberus.db'}")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert 4 <= len(complete) <= 5  # the other worker finishes the trial it holds
+    assert all(t.state != TrialState.RUNNING for t in trials)
+
+
+def test_workers_on_separate_machines_share_a_postgresql_study(workdir, postgres_url):
+    """Two independent `run` commands, as on two hosts, on one PostgreSQL study; then `best`."""
+    args = ("run", *SMOKE, "--trials", "4", "--storage", postgres_url, "--study", "shared")
+    env = {"PYTHONPATH": str(ROOT), "PATH": ""}
+    procs = [subprocess.Popen([sys.executable, "-m", "cerberus", *args], cwd=workdir, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 4 and len({t.number for t in study.trials}) == len(study.trials)
+    best = cli("best", "--json", "--storage", postgres_url, "--study", "shared", cwd=workdir)
+    assert best.returncode == 0 and json.loads(best.stdout)[0]["trial"] in {t.number for t in complete}
