@@ -215,6 +215,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
         except KeyboardInterrupt:
             _queue_again(study, state["current"])
             raise
+        _sweep_checkpoints(study, opts.artifacts)
     return RunSummary(count_trained(study), state["trained"], state["rejected"], best_trial(study),
                       state["gave_up"], state["failed_out"])
 
@@ -227,6 +228,17 @@ def checkpoint_path(artifacts: Path | None, trial_number: int) -> Path | None:
 def _forget(checkpoint: Path | None) -> None:
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
+
+
+def _sweep_checkpoints(study: optuna.Study, artifacts: Path | None) -> None:
+    """Delete the checkpoints no trial will resume: those of a trial family with nothing
+    RUNNING or WAITING (a retry inherits ``origin``), e.g. one killed more than MAX_RETRY times."""
+    if artifacts is None or not (artifacts / "checkpoints").is_dir():
+        return
+    alive = {t.user_attrs.get("origin") for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))}
+    for path in (artifacts / "checkpoints").glob("trial-*.pt"):
+        if int(path.stem.split("-")[1]) not in alive:
+            path.unlink(missing_ok=True)
 
 
 def _queue_again(study: optuna.Study, number: int | None) -> None:
