@@ -51,6 +51,7 @@ def run(
     gpus: Annotated[Optional[str], typer.Option(help="Comma-separated CUDA device indices, e.g. 0,1: --workers processes on each.")] = None,
     max_failures: Annotated[int, typer.Option(help="Stop after this many failed trials in a row.")] = 5,
     heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats; silent for 3x that, it is retried.")] = 10,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile each trial's training step (pays off only for long trials; see benchmarks/RESULTS.md).")] = False,
 ) -> None:
     """Search: sample, budget-check, train and score trials until the study holds --trials trained ones."""
     from cerberus import data as datasets
@@ -83,13 +84,15 @@ def run(
         for flag, value in (("--epochs", epochs), ("--data-dir", data_dir), ("--seed", seed), ("--timeout", timeout)):
             if value is not None:
                 common += [flag, str(value)]
+        if compile:
+            common.append("--compile")
         cpu_workers = sum(studies.resolve_device(d).type == "cpu" for d in devices)
         code = pool.spawn([[*common, "--device", d] for d in devices], cpu_workers)
         _say_where(studies, optuna_study, trials, study, storage, code)
         raise typer.Exit(code)
     opts = studies.RunOptions(trials, max_params, epochs, studies.resolve_device(devices[0]), data,
                               str(data_dir) if data_dir else None, seed, timeout, max_failures,
-                              stores.artifact_dir(storage, study))
+                              stores.artifact_dir(storage, study), compile)
     result = _run_one(studies, optuna_study, search_space, opts, lambda: splits, done, index)
     _say_where(studies, optuna_study, trials, study, storage, 0, result)
     if result.gave_up:
@@ -265,6 +268,42 @@ def count(
     verdict = "fits" if fits else "does NOT fit"
     typer.echo(f"ResNet-{arch.depth} blocks {blocks} widths {channels}: {size.params:,} parameters, "
                f"{size.flops / 1e6:,.1f} MFLOPs per image; {verdict} --max-params {max_params:,}")
+
+
+@app.command()
+def bench(
+    blocks: Annotated[str, typer.Option(help="BasicBlocks per stage (default: the seed's ResNet-24).")] = "3,5,3",
+    channels: Annotated[str, typer.Option(help="Width of each stage.")] = "64,128,256",
+    conv_kernel: Annotated[int, typer.Option(help="Kernel of the stem and block convs (F).")] = 3,
+    skip_kernel: Annotated[int, typer.Option(help="Kernel of projection shortcuts (K): 1 or 3.")] = 1,
+    pool: Annotated[int, typer.Option(help="Average-pool kernel over the last map (P); 0 = global.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
+    steps: Annotated[int, typer.Option(help="Timed training steps.")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first (at least 1: allocation, autotuning, compilation).")] = 2,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    data: Annotated[str, typer.Option(help="synthetic or cifar10.")] = "synthetic",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where CIFAR-10 is (or is downloaded to); default ~/.cache/cerberus/data.")] = None,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Also time the course project's plain loop and print the ratio.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="Run the training forward through torch.compile.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Training speed of one architecture: images/s, FLOPs, MFU against a matmul peak measured now, peak memory."""
+    from cerberus import bench as benches
+    from cerberus import study as studies
+    from cerberus.config import Arch
+
+    b, c = _int_list("--blocks", blocks), _int_list("--channels", channels)
+    if len(b) != len(c):
+        raise UserError(f"--blocks has {len(b)} stages but --channels has {len(c)}; give one value per stage to each")
+    try:
+        arch = Arch(b, c, conv_kernel, skip_kernel, pool)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    options = benches.Options(batch_size, steps, warmup, studies.resolve_device(device), data, data_dir, baseline, compile)
+    typer.echo(f"bench: ResNet-{arch.depth} on {options.device}, {warmup} warm-up + {steps} timed steps"
+               f"{' and the same for the baseline loop' if baseline else ''}", err=True)
+    result = benches.run(arch, options)
+    typer.echo(json.dumps(result) if as_json else benches.report(result))
 
 
 def main(argv: list[str] | None = None) -> None:

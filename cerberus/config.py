@@ -89,7 +89,9 @@ class Recipe:
 
     ``momentum`` is used by sgd and nesterov; ``milestones`` (fractions of the epochs after
     which the learning rate drops by 10x) by the step schedule; ``agc_clip`` (the adaptive
-    gradient clipping factor of Brock et al., 2021) by adadelta_agc.
+    gradient clipping factor of Brock et al., 2021) by adadelta_agc. ``warmup`` is the fraction
+    of the steps over which cosine and step schedules first ramp up linearly (one-cycle has its
+    own). ``tta_flip`` scores each evaluated image by its logits plus those of its mirror image.
     """
 
     optimizer: str = "sgd"
@@ -99,9 +101,11 @@ class Recipe:
     schedule: str = "cosine"
     milestones: tuple[float, ...] = (0.5, 0.75)
     agc_clip: float = 0.01
+    warmup: float = 0.0
     epochs: int = 10
     batch_size: int = 128
     label_smoothing: float = 0.0
+    tta_flip: bool = False
     augment: Augment = field(default_factory=Augment)
 
     def __post_init__(self) -> None:
@@ -171,3 +175,13 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise ValueError(f"{where}: expected a string, got {value!r}")
         return value
     raise TypeError(f"{where}: unsupported field type {hint!r}")
+
+
+# The course project's hand-found ResNet-24 (4,918,602 parameters) and its recipe, the row every
+# result is compared with; search/seed.toml pins the same (a test keeps the two equal).
+COURSE = Config(
+    Arch((3, 5, 3), (64, 128, 256)),
+    Recipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="step", milestones=(0.4, 0.75),
+           epochs=200, batch_size=128,
+           augment=Augment(crop_padding=4, flip=True, rotation=10.0, cutout_holes=1, cutout_length=8)),
+)

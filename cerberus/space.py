@@ -16,7 +16,7 @@ and ``widths``, which every file must cover.
 
 The Optuna parameter of a key has the key's name (``lr``, ``blocks_2``), and a key is only
 sampled where it acts: ``momentum`` for sgd and nesterov, ``milestones`` for the step
-schedule, ``agc_clip`` for adadelta_agc, ``cutout_length`` when there are cutout holes.
+schedule, ``agc_clip`` for adadelta_agc, ``warmup`` for cosine and step, ``cutout_length`` when there are cutout holes.
 Every violation is a :class:`~cerberus.errors.UserError` naming the file, the table, the key
 and what is allowed.
 """
@@ -121,9 +121,11 @@ RECIPE_RULES = {
     "schedule": _rule(str, lambda v: v in SCHEDULES, ", ".join(SCHEDULES)),
     "milestones": _rule(tuple, _milestones_ok, "increasing fractions in (0, 1), e.g. [0.5, 0.75]"),
     "agc_clip": _rule(float, lambda v: v > 0, "numbers > 0"),
+    "warmup": _rule(float, lambda v: 0 <= v < 1, "numbers in [0, 1)"),
     "epochs": _rule(int, lambda v: v >= 1, "integers >= 1"),
     "batch_size": _rule(int, lambda v: v >= 1, "integers >= 1"),
     "label_smoothing": _rule(float, lambda v: 0 <= v < 1, "numbers in [0, 1)"),
+    "tta_flip": _rule(bool, lambda v: True, "true or false"),
 }
 AUGMENT_RULES = {
     "crop_padding": _rule(int, lambda v: 0 <= v <= 16, "integers 0..16 (0 = no crop)"),
@@ -181,6 +183,8 @@ def _recipe_acts(key: str, chosen: dict[str, Any]) -> bool:
         return chosen["schedule"] == "step"
     if key == "agc_clip":
         return chosen["optimizer"] == "adadelta_agc"
+    if key == "warmup":
+        return chosen["schedule"] != "onecycle"
     return True
 
 

@@ -61,6 +61,7 @@ class RunOptions:
     timeout: float | None = None
     max_failures: int = 5  # failed trials in a row that end the run
     artifacts: Path | None = None  # the study's folder; checkpoints go in artifacts/checkpoints
+    compile: bool = False  # torch.compile each trial's training forward
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
             return epoch < epochs and trial.should_prune()
 
         seed = None if opts.seed is None else opts.seed * 100_003 + trial.number
-        return fit(config, train, val, opts.device, on_epoch, seed=seed, checkpoint=checkpoint)
+        return fit(config, train, val, opts.device, on_epoch, seed=seed, checkpoint=checkpoint, compile=opts.compile)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         if opts.device.type == "cuda":

@@ -3,24 +3,34 @@
 ``fit(config, train, val, device, on_epoch)`` trains ``ResNet(config.arch)`` with
 ``config.recipe`` and calls ``on_epoch(epoch, val_accuracy)`` after every epoch (epochs count
 from 1); when that returns True the run stops there, which is how a pruner cuts a trial.
-A loss that turns NaN or infinite also stops the run, with ``diverged`` set.
+A loss that turns NaN or infinite also stops the run, with ``diverged`` set. With ``val=None``
+nothing is evaluated during training (the final retraining on train + validation), and
+``on_end(trainer)`` is how a caller scores or saves the trained model before it is freed.
 
 With ``checkpoint`` (a file path), the state after every epoch (weights, optimizer, schedule,
 random generators, validation history) is written there atomically, and a fit that finds the
 file resumes after its last epoch: it first replays ``on_epoch`` for the restored epochs, so a
 fresh Optuna trial sees the whole curve, then trains the rest. Deleting the file is the caller's.
 
-Both splits move to the device once; batches are sliced, normalised and augmented there.
-On CUDA the step runs under bf16 autocast with channels-last memory; on the CPU in fp32.
-The loss is summed on the device and read once per epoch, so the epoch has no host sync.
+The training step lives in :class:`Trainer`, which ``fit`` and ``cerberus.bench`` both drive,
+so the benchmark times exactly the step a trial runs. Both splits move to the device once (as
+uint8); batches are sliced, normalised and augmented there in a few batched operations. On CUDA
+the step runs under bf16 autocast with channels-last memory, cudnn autotuning and fused
+optimizers; on the CPU the same code runs in fp32. The loss is summed on the device and read
+once per epoch, so the epoch has no host sync. ``compile=True`` runs the training forward
+through ``torch.compile``.
+
+Nothing of a fit outlives it: the model, optimizer and device splits are unreachable when
+``fit`` returns, and it collects them (and empties the CUDA cache) before it does.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +47,7 @@ EVAL_BATCH = 1024
 
 @dataclass(frozen=True)
 class Result:
-    val_accuracy: float  # after the last epoch run
+    val_accuracy: float  # after the last epoch run (0.0 without a validation split)
     epochs: int  # epochs run
     train_seconds: float  # wall time of the whole fit, evaluation included
     images_per_s: float  # training images per second of training steps
@@ -47,86 +57,146 @@ class Result:
     resumed_epochs: int = 0  # epochs restored from a checkpoint rather than trained here
 
 
+class Trainer:
+    """A fresh ``ResNet(config.arch)``, its optimizer and schedule, and ``train`` on ``device``.
+
+    ``batches()`` yields the indices of one epoch's full batches in random order (the ragged
+    last batch is dropped, as BatchNorm likes); ``step(idx)`` is one optimisation step on the
+    images at ``idx`` and returns the loss as a device tensor, so reading it is a host sync the
+    caller decides on. The schedule spans ``total_steps`` steps (default: the recipe's epochs).
+    """
+
+    def __init__(self, config: Config, train: Split, device: torch.device,
+                 total_steps: int | None = None, compile: bool = False) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+        self.recipe = config.recipe
+        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        self.model = ResNet(config.arch).to(device, memory_format=self.memory_format)
+        # Only the training forward is compiled: evaluation (other mode, other batch sizes)
+        # would recompile, and it is a small share of a trial.
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.train = train.to(device)
+        self.mean, self.std = _stats(self.train.images)
+        self.batch = min(self.recipe.batch_size, len(train))
+        self.steps_per_epoch = len(train) // self.batch
+        self.optimizer = _optimizer(self.model, self.recipe, fused=self.cuda)
+        total = self.steps_per_epoch * self.recipe.epochs if total_steps is None else total_steps
+        self.scheduler = _scheduler(self.optimizer, self.recipe, total)
+        self.eye = torch.eye(NUM_CLASSES, device=device)
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        order = torch.randperm(len(self.train), device=self.train.labels.device)
+        for s in range(self.steps_per_epoch):
+            yield order[s * self.batch : (s + 1) * self.batch]
+
+    def step(self, idx: torch.Tensor) -> torch.Tensor:
+        recipe, train = self.recipe, self.train
+        x = ((train.images[idx].float() / 255) - self.mean) / self.std
+        x, y = augment.apply(x, self.eye[train.labels[idx]], recipe.augment)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+            logits = self.forward(x.contiguous(memory_format=self.memory_format))
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if recipe.optimizer == "adadelta_agc":
+            _clip_unitwise(self.model, recipe.agc_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach()
+
+    def evaluate(self, split: Split) -> float:
+        """Accuracy on ``split`` (moved to the device here), with the recipe's flip TTA."""
+        return evaluate(self.model, split.to(self.eye.device), self.mean, self.std,
+                        self.memory_format, self.recipe.tta_flip)
+
+
 def fit(
     config: Config,
     train: Split,
-    val: Split,
+    val: Split | None,
     device: torch.device,
     on_epoch: Callable[[int, float], bool] | None = None,
     seed: int | None = None,
     checkpoint: Path | None = None,
+    compile: bool = False,
+    on_end: Callable[[Trainer], None] | None = None,
 ) -> Result:
+    try:
+        return _fit(config, train, val, device, on_epoch, seed, checkpoint, compile, on_end)
+    finally:
+        release(device, compiled=compile)
+
+
+def release(device: torch.device, compiled: bool = False) -> None:
+    """Free what a finished training run left: cycles, compiled graphs, cached CUDA blocks.
+
+    Dynamo keeps every graph it compiled (and the modules they guard on) and stops compiling a
+    function after a few recompilations, so a search that compiles each trial resets it.
+    """
+    if compiled:
+        torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _fit(config: Config, train: Split, val: Split | None, device: torch.device,
+         on_epoch: Callable[[int, float], bool] | None, seed: int | None, checkpoint: Path | None,
+         compile: bool, on_end: Callable[[Trainer], None] | None) -> Result:
     if seed is not None:
         torch.manual_seed(seed)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
+    trainer = Trainer(config, train, device, compile=compile)
     recipe = config.recipe
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
-    model = ResNet(config.arch).to(device, memory_format=memory_format)
-    train, val = train.to(device), val.to(device)
-    mean, std = _stats(train.images)
-
-    batch = min(recipe.batch_size, len(train))
-    steps_per_epoch = len(train) // batch  # the ragged last batch is dropped, as BatchNorm likes
-    optimizer = _optimizer(model, recipe)
-    scheduler = _scheduler(optimizer, recipe, steps_per_epoch * recipe.epochs)
-    eye = torch.eye(NUM_CLASSES, device=device)
+    if val is not None:
+        val = val.to(device)
 
     start = time.perf_counter()
-    step_seconds, history = 0.0, []
+    step_seconds, history, epochs = 0.0, [], 0
     result = dict(stopped=False, diverged=False, resumed_epochs=0)
     if checkpoint is not None and checkpoint.exists():
-        step_seconds, history = _restore(checkpoint, model, optimizer, scheduler)
-        result["resumed_epochs"] = len(history)
+        step_seconds, history = _restore(checkpoint, trainer)
+        epochs = result["resumed_epochs"] = len(history)
         if on_epoch is not None and any(on_epoch(e, a) for e, a in enumerate(history, 1)):
             result["stopped"] = True
-    for epoch in range(len(history) + 1, recipe.epochs + 1):
-        if result["stopped"]:
-            break
-        model.train()
+    while epochs < recipe.epochs and not result["stopped"]:
+        trainer.model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(len(train), device=device)
-        for s in range(steps_per_epoch):
-            idx = order[s * batch : (s + 1) * batch]
-            x = ((train.images[idx].float() / 255) - mean) / std
-            x, y = augment.apply(x, eye[train.labels[idx]], recipe.augment)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                logits = model(x.contiguous(memory_format=memory_format))
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.optimizer == "adadelta_agc":
-                _clip_unitwise(model, recipe.agc_clip)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach()
+        for idx in trainer.batches():
+            loss_sum += trainer.step(idx)
         if not math.isfinite(loss_sum.item()):  # the one sync of the epoch
             result["diverged"] = True
             break
         step_seconds += time.perf_counter() - t0
-        history.append(evaluate(model, val, mean, std, memory_format))
+        epochs += 1
+        if val is None:
+            continue
+        history.append(evaluate(trainer.model, val, trainer.mean, trainer.std, trainer.memory_format,
+                                recipe.tta_flip))
         if checkpoint is not None:
-            _save(checkpoint, model, optimizer, scheduler, step_seconds, history)
-        if on_epoch is not None and on_epoch(epoch, history[-1]):
+            _save(checkpoint, trainer, step_seconds, history)
+        if on_epoch is not None and on_epoch(epochs, history[-1]):
             result["stopped"] = True
-            break
+    if on_end is not None and not result["diverged"]:
+        on_end(trainer)
+    images = epochs * trainer.steps_per_epoch * trainer.batch  # step_seconds holds restored epochs too
     return Result(
         val_accuracy=history[-1] if history else 0.0,
-        epochs=len(history),
+        epochs=epochs,
         train_seconds=time.perf_counter() - start,
-        images_per_s=len(history) * steps_per_epoch * batch / step_seconds if step_seconds else 0.0,
+        images_per_s=images / step_seconds if step_seconds else 0.0,
         history=history,
         **result,
     )
 
 
-def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-          scheduler: torch.optim.lr_scheduler.LRScheduler, step_seconds: float, history: list[float]) -> None:
+def _save(path: Path, trainer: Trainer, step_seconds: float, history: list[float]) -> None:
     state = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "history": history, "step_seconds": step_seconds, "cpu_rng": torch.get_rng_state(),
+        "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(), "history": history, "step_seconds": step_seconds,
+        "cpu_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,12 +205,11 @@ def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint whole
 
 
-def _restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[float, list[float]]:
-    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+def _restore(path: Path, trainer: Trainer) -> tuple[float, list[float]]:
+    state = torch.load(path, map_location=trainer.eye.device, weights_only=False)
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["cpu_rng"].cpu())
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
@@ -149,14 +218,19 @@ def _restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, mean: torch.Tensor, std: torch.Tensor,
-             memory_format: torch.memory_format = torch.contiguous_format) -> float:
+             memory_format: torch.memory_format = torch.contiguous_format, tta_flip: bool = False) -> float:
+    """Accuracy of ``model`` on ``split`` in large batches; with ``tta_flip`` each image is
+    scored by the sum of the logits of it and its mirror image."""
     model.eval()
     device = split.images.device
     correct = torch.zeros((), device=device, dtype=torch.long)
     for i in range(0, len(split), EVAL_BATCH):
         x = ((split.images[i : i + EVAL_BATCH].float() / 255) - mean) / std
+        x = x.contiguous(memory_format=memory_format)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x.contiguous(memory_format=memory_format))
+            logits = model(x).float()
+            if tta_flip:
+                logits += model(x.flip(3)).float()
         correct += (logits.argmax(1) == split.labels[i : i + EVAL_BATCH]).sum()
     return correct.item() / len(split)
 
@@ -167,26 +241,35 @@ def _stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean((0, 2, 3)).view(1, 3, 1, 1), x.std((0, 2, 3)).view(1, 3, 1, 1)
 
 
-def _optimizer(model: torch.nn.Module, r: Recipe) -> torch.optim.Optimizer:
+def _optimizer(model: torch.nn.Module, r: Recipe, fused: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimizer; ``fused`` (set on CUDA) picks the fused kernels where torch has
+    them (SGD, Adam, AdamW) and the multi-tensor ones elsewhere (Adadelta)."""
     params = model.parameters()
+    kernels = dict(fused=True) if fused else {}
     if r.optimizer in ("sgd", "nesterov"):
         return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay,
-                               nesterov=r.optimizer == "nesterov" and r.momentum > 0)
+                               nesterov=r.optimizer == "nesterov" and r.momentum > 0, **kernels)
     if r.optimizer == "adam":
-        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay, **kernels)
     if r.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
-    return torch.optim.Adadelta(params, lr=r.lr, weight_decay=r.weight_decay)  # adadelta, adadelta_agc
+        return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, **kernels)
+    # adadelta, adadelta_agc: torch has no fused Adadelta
+    return torch.optim.Adadelta(params, lr=r.lr, weight_decay=r.weight_decay, foreach=True if fused else None)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, r: Recipe, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per batch, so short and long trials follow the same curve."""
+    """Stepped once per batch, so short and long trials follow the same curve. ``r.warmup``
+    (a fraction of the steps) ramps cosine and step schedules up linearly from zero first;
+    one-cycle has its own warm-up and ignores it."""
     if r.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=r.lr, total_steps=max(total_steps, 2))
+    warm = r.warmup * total_steps
     if r.schedule == "step":
         marks = [m * total_steps for m in r.milestones]
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.1 ** sum(t >= m for m in marks))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * min(t / total_steps, 1))))
+        decay = lambda t: 0.1 ** sum(t >= m for m in marks)  # noqa: E731
+    else:
+        decay = lambda t: 0.5 * (1 + math.cos(math.pi * min((t - warm) / max(total_steps - warm, 1), 1)))  # noqa: E731
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: min(1.0, (t + 1) / warm) if t < warm else decay(t))
 
 
 @torch.no_grad()

@@ -74,3 +74,49 @@ def test_mixing_keeps_labels_a_distribution():
     for mixup, cutmix in ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0)):
         mx, my = augment.mix(x, y, mixup, cutmix)
         assert mx.shape == x.shape and torch.allclose(my.sum(1), torch.ones(32))
+
+
+def test_without_a_validation_split_nothing_is_scored_and_on_end_sees_the_trained_model(splits):
+    train, val = splits
+    config = Config(Arch((1, 1), (16, 32)), Recipe(optimizer="nesterov", lr=0.05, epochs=1, batch_size=64, tta_flip=True))
+    seen = {}
+
+    def on_end(trainer):
+        seen["accuracy"] = trainer.evaluate(val)
+        seen["weights"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    result = fit(config, train, None, CPU, on_epoch=lambda e, a: pytest.fail("no epoch is scored"), seed=0, on_end=on_end)
+    assert result.epochs == 1 and result.history == [] and result.images_per_s > 0
+    assert seen["accuracy"] > 0.3 and len(seen["weights"]) > 4
+
+
+def test_flip_tta_scores_an_image_by_it_and_its_mirror():
+    from cerberus.data import Split
+    from cerberus.train import evaluate
+
+    class Halves(torch.nn.Module):  # class 0 wants a bright left half, class 1 a bright right one
+        def forward(self, x):
+            left, right = x[:, 0, :, :16].mean((1, 2)), x[:, 0, :, 16:].mean((1, 2))
+            return torch.cat([(left - right).unsqueeze(1), (right - left - 0.5).unsqueeze(1),
+                              torch.full((len(x), 8), -10.0)], 1)
+
+    images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    images[:, :, :, 16:] = 255  # bright right half: class 1 alone, class 0 once mirrored is added
+    split = Split(images, torch.zeros(4, dtype=torch.long))
+    zero, one = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    assert evaluate(Halves(), split, zero, one, tta_flip=False) == 0.0
+    assert evaluate(Halves(), split, zero, one, tta_flip=True) == 1.0
+
+
+def test_warmup_ramps_the_learning_rate_before_cosine_decay():
+    from cerberus.train import _scheduler
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = _scheduler(opt, Recipe(lr=1.0, schedule="cosine", warmup=0.1), total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10])) and lrs[-1] < 0.01

@@ -1,0 +1,265 @@
+"""How fast one architecture trains here, in cerberus's step and in the course project's loop.
+
+``run(arch, options)`` returns one flat dict (what ``cerberus-search bench --json`` prints):
+
+* ``images_per_s`` and ``ms_per_step``: ``options.steps`` steps of :class:`cerberus.train.Trainer`
+  (the very step a trial runs) after ``options.warmup`` untimed ones, under the course
+  project's recipe (:data:`cerberus.config.COURSE`, which ``search/seed.toml`` pins) at
+  ``options.batch_size``; ``first_step_s`` is the first warm-up step alone (with
+  ``compile`` it holds the compilation).
+* ``flops_per_image``: forward FLOPs of one image (torch's FlopCounterMode, as
+  :func:`cerberus.model.measure` counts them); ``train_flops_per_image`` is three times that
+  (backward costs about twice the forward), and ``tflops`` is that times images/s.
+* ``mfu``: ``tflops`` over ``peak_tflops``, the dense matmul rate measured in the same run, in
+  ``peak_dtype``: bf16 on CUDA (the step's autocast dtype), fp32 on the CPU (the step's dtype).
+* ``peak_mem_bytes``: on CUDA the most memory the timed steps held allocated
+  (``peak_mem_kind = "cuda_max_allocated"``); on the CPU the peak resident set of the whole
+  process so far (``"process_peak_rss"``), which includes the interpreter and the data.
+* with ``baseline``: ``baseline_images_per_s``, ``baseline_ms_per_step`` and ``speedup`` of the
+  same architecture in the loop the course project ran: torchvision transforms per image,
+  a DataLoader with 2 workers, fp32, SGD, a host sync per step for the running loss and
+  accuracy; same batch size, steps and warm-up, timed the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import resource
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cerberus import augment
+from cerberus import data as datasets
+from cerberus.config import COURSE, Arch, Config
+from cerberus.data import Split
+from cerberus.errors import UserError
+from cerberus.model import ResNet, measure
+from cerberus.study import device_name
+from cerberus.train import Trainer, release
+
+COURSE_RECIPE = COURSE.recipe
+# The normalisation constants the course project (after kuangliu/pytorch-cifar) hard-coded.
+COURSE_MEAN, COURSE_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (about twice the forward)
+MAX_SYNTHETIC = 45_000  # as many training images as CIFAR-10's search split
+
+
+@dataclass(frozen=True)
+class Options:
+    batch_size: int = 128
+    steps: int = 50
+    warmup: int = 2
+    device: torch.device = torch.device("cpu")
+    data: str = "synthetic"
+    data_dir: str | Path | None = None
+    baseline: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value in (("--steps", self.steps), ("--warmup", self.warmup), ("--batch-size", self.batch_size)):
+            if value < 1:  # a warm-up step is needed: the first step holds allocation, autotuning, compilation
+                raise UserError(f"{name} must be at least 1, got {value}")
+        if self.data not in datasets.DATASETS:
+            raise UserError(f"--data {self.data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
+
+
+@dataclass(frozen=True)
+class Speed:
+    images_per_s: float
+    ms_per_step: float
+    first_step_s: float  # the first warm-up step alone
+
+
+def run(arch: Arch, options: Options) -> dict[str, Any]:
+    """Measure ``arch`` as the module docstring says; bad options are a UserError."""
+    o = options
+    train = _training_images(o)
+    if o.batch_size > len(train):
+        raise UserError(f"--batch-size {o.batch_size} is larger than the {len(train):,} training images of --data {o.data}")
+    cuda = o.device.type == "cuda"
+    peak_flops, peak_dtype = matmul_peak(o.device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(o.device)
+    fast = _fast(arch, train, o)
+    peak_mem = torch.cuda.max_memory_allocated(o.device) if cuda else _peak_rss()
+    release(o.device, compiled=o.compile)
+    size = measure(arch)
+    achieved = TRAIN_FLOPS_PER_FORWARD * size.flops * fast.images_per_s
+    result: dict[str, Any] = {
+        "device": device_name(o.device), "torch": torch.__version__,
+        "arch": {"blocks": list(arch.blocks), "widths": list(arch.widths), "conv_kernel": arch.conv_kernel,
+                 "skip_kernel": arch.skip_kernel, "pool": arch.pool},
+        "depth": arch.depth, "params": size.params, "data": o.data, "batch_size": o.batch_size,
+        "steps": o.steps, "warmup": o.warmup, "compile": o.compile,
+        "images_per_s": fast.images_per_s, "ms_per_step": fast.ms_per_step, "first_step_s": fast.first_step_s,
+        "flops_per_image": size.flops, "train_flops_per_image": TRAIN_FLOPS_PER_FORWARD * size.flops,
+        "tflops": achieved / 1e12, "peak_tflops": peak_flops / 1e12, "peak_dtype": peak_dtype,
+        "mfu": achieved / peak_flops,
+        "peak_mem_bytes": peak_mem, "peak_mem_kind": "cuda_max_allocated" if cuda else "process_peak_rss",
+    }
+    if o.baseline:
+        slow = _baseline(arch, train, o)
+        release(o.device)
+        result.update(baseline_images_per_s=slow.images_per_s, baseline_ms_per_step=slow.ms_per_step,
+                      speedup=fast.images_per_s / slow.images_per_s)
+    return result
+
+
+def report(r: dict[str, Any]) -> str:
+    """The human-readable form of :func:`run`'s result."""
+    a = r["arch"]
+    mem = "CUDA max allocated" if r["peak_mem_kind"] == "cuda_max_allocated" else "process peak RSS"
+    lines = [
+        f"ResNet-{r['depth']} blocks {','.join(map(str, a['blocks']))} widths {','.join(map(str, a['widths']))} "
+        f"({r['params']:,} params) on {r['device']}, torch {r['torch']}, batch {r['batch_size']}, "
+        f"{r['data']} data, {r['steps']} steps after {r['warmup']} warm-up{', compiled' if r['compile'] else ''}",
+        f"  speed:   {r['images_per_s']:,.1f} images/s, {r['ms_per_step']:,.2f} ms/step (first warm-up step {r['first_step_s']:.2f} s)",
+        f"  FLOPs:   {r['flops_per_image'] / 1e6:,.1f} MFLOPs/image forward; training counted as "
+        f"{TRAIN_FLOPS_PER_FORWARD}x forward = {r['train_flops_per_image'] / 1e9:,.2f} GFLOPs/image",
+        f"  MFU:     {r['mfu']:.1%} = {r['tflops']:.3f} TFLOP/s achieved / {r['peak_tflops']:.3f} TFLOP/s "
+        f"{r['peak_dtype']} dense matmul peak measured in this run",
+        f"  memory:  {r['peak_mem_bytes'] / 2**20:,.0f} MiB ({mem})",
+    ]
+    if "speedup" in r:
+        lines.append(f"  baseline (course project loop: per-image torchvision transforms, DataLoader 2 workers, fp32): "
+                     f"{r['baseline_images_per_s']:,.1f} images/s, {r['baseline_ms_per_step']:,.2f} ms/step; "
+                     f"speedup {r['speedup']:.2f}x")
+    return "\n".join(lines)
+
+
+def matmul_peak(device: torch.device) -> tuple[float, str]:
+    """Dense matmul FLOP/s this device reaches now, and the dtype: the best of a few timed
+    rounds of square products, bf16 on CUDA and fp32 on the CPU."""
+    cuda = device.type == "cuda"
+    dtype, n, reps = (torch.bfloat16, 8192, 20) if cuda else (torch.float32, 1024, 4)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty_like(a)
+    torch.matmul(a, b, out=out)
+    best = math.inf
+    for _ in range(5):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.matmul(a, b, out=out)
+        _sync(device)
+        best = min(best, (time.perf_counter() - t0) / reps)
+    del a, b, out
+    release(device)
+    return 2 * n**3 / best, str(dtype).removeprefix("torch.")
+
+
+def time_steps(step: Callable[[], object], steps: int, warmup: int, batch: int, device: torch.device) -> Speed:
+    """Run ``step`` ``warmup`` (>= 1) times untimed, the first timed alone, then ``steps`` times
+    timed, with the device drained before each clock read."""
+    _sync(device)
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    first = time.perf_counter() - t0
+    for _ in range(warmup - 1):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    return Speed(steps * batch / seconds, 1000 * seconds / steps, first)
+
+
+def _fast(arch: Arch, train: Split, o: Options) -> Speed:
+    recipe = dataclasses.replace(COURSE_RECIPE, batch_size=o.batch_size)
+    trainer = Trainer(Config(arch, recipe), train, o.device, total_steps=o.warmup + o.steps, compile=o.compile)
+    trainer.model.train()
+    batches = _forever(trainer.batches)
+    return time_steps(lambda: trainer.step(next(batches)), o.steps, o.warmup, o.batch_size, o.device)
+
+
+class PerImage(torch.utils.data.Dataset):
+    """A uint8 split served one PIL image at a time, as torchvision's CIFAR10 dataset does."""
+
+    def __init__(self, split: Split, transform: Callable) -> None:
+        self.images = split.images.permute(0, 2, 3, 1).numpy()  # HWC, what PIL wants
+        self.labels = split.labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(np.ascontiguousarray(self.images[i]))), self.labels[i]
+
+
+class Cutout:
+    """Cutout on one image tensor, the per-image transform the course project appended."""
+
+    def __init__(self, holes: int, length: int) -> None:
+        self.holes, self.length = holes, length
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return augment.cutout(image.unsqueeze(0), self.holes, self.length)[0]
+
+
+def _baseline(arch: Arch, train: Split, o: Options) -> Speed:
+    from torchvision import transforms as T
+
+    r, aug = COURSE_RECIPE, COURSE_RECIPE.augment
+    transform = T.Compose([
+        T.RandomCrop(32, padding=aug.crop_padding), T.RandomHorizontalFlip(), T.RandomRotation(aug.rotation),
+        T.ToTensor(), T.Normalize(COURSE_MEAN, COURSE_STD), Cutout(aug.cutout_holes, aug.cutout_length),
+    ])
+    loader = torch.utils.data.DataLoader(PerImage(train, transform), batch_size=o.batch_size, shuffle=True,
+                                         num_workers=2, drop_last=True)
+    model = ResNet(arch).to(o.device)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+    criterion = nn.CrossEntropyLoss()
+    batches = _forever(lambda: iter(loader))
+    running = {"loss": 0.0, "correct": 0}
+
+    def step() -> None:
+        inputs, targets = next(batches)
+        inputs, targets = inputs.to(o.device), targets.to(o.device)
+        optimizer.zero_grad()
+        outputs = model(inputs)
+        loss = criterion(outputs, targets)
+        loss.backward()
+        optimizer.step()
+        running["loss"] += loss.item()  # the course loop's running figures: a host sync per step
+        running["correct"] += outputs.argmax(1).eq(targets).sum().item()
+
+    try:
+        return time_steps(step, o.steps, o.warmup, o.batch_size, o.device)
+    finally:
+        batches.close()  # drops the DataLoader iterator, which stops its workers
+
+
+def _forever(epoch: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    while True:
+        yield from epoch()
+
+
+def _training_images(o: Options) -> Split:
+    if o.data == "synthetic":
+        # Enough images that the timed steps see no epoch boundary, up to a CIFAR-sized epoch.
+        return datasets.synthetic(min(o.batch_size * (o.warmup + o.steps), MAX_SYNTHETIC), seed=1)
+    return datasets.search_splits(o.data, o.data_dir)[0]
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

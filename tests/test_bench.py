@@ -1,0 +1,52 @@
+"""`cerberus-search bench`: the real command, on the CPU, with tiny step counts."""
+
+import json
+
+import optuna
+import torch
+
+from cerberus import bench, space
+from cerberus.config import COURSE
+from conftest import ROOT, cli
+
+
+def test_bench_json_on_cpu_prints_the_promised_figures(tmp_path):
+    r = cli("bench", "--device", "cpu", "--steps", "2", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["device"] == "cpu" and out["params"] == 4_918_602 and out["depth"] == 24  # the seed's ResNet-24
+    assert out["flops_per_image"] > 0.5e9  # about 0.56 GMACs, counted as 2 FLOPs each
+    for key in ("images_per_s", "ms_per_step", "mfu", "peak_mem_bytes", "peak_tflops", "tflops"):
+        assert out[key] > 0, key
+    assert "baseline_images_per_s" not in out and "speedup" not in out
+
+
+def test_baseline_runs_the_course_loop_and_reports_the_ratio(tmp_path):
+    r = cli("bench", "--device", "cpu", "--blocks", "1,1", "--channels", "8,16", "--batch-size", "16",
+            "--steps", "3", "--baseline", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "baseline (course project loop" in r.stdout and "speedup" in r.stdout
+    j = cli("bench", "--device", "cpu", "--blocks", "1,1", "--channels", "8,16", "--batch-size", "16",
+            "--steps", "3", "--baseline", "--json", cwd=tmp_path)
+    out = json.loads(j.stdout)
+    assert out["baseline_images_per_s"] > 0
+    assert abs(out["speedup"] - out["images_per_s"] / out["baseline_images_per_s"]) < 1e-9
+
+
+def test_bad_bench_input_is_one_line_and_exit_2(tmp_path):
+    for args, words in ((["--blocks", "3,5", "--channels", "64"], "--blocks has 2 stages"),
+                        (["--steps", "0"], "--steps must be at least 1"),
+                        (["--data", "mnist"], "allowed: cifar10, synthetic")):
+        r = cli("bench", "--device", "cpu", *args, cwd=tmp_path)
+        assert r.returncode == 2 and words in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_search_seed_toml_pins_the_course_config_that_bench_and_enqueue_use():
+    pinned = space.load(ROOT / "search" / "seed.toml").sample(optuna.trial.FixedTrial({}))
+    assert pinned == COURSE and bench.COURSE_RECIPE == COURSE.recipe
+
+
+def test_matmul_peak_is_a_positive_rate_in_the_step_dtype():
+    flops, dtype = bench.matmul_peak(torch.device("cpu"))
+    assert flops > 1e9 and dtype == "float32"
