@@ -52,6 +52,9 @@ def run(
     max_failures: Annotated[int, typer.Option(help="Stop after this many failed trials in a row.")] = 5,
     heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats; silent for 3x that, it is retried.")] = 10,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each trial's training step (pays off only for long trials; see benchmarks/RESULTS.md).")] = False,
+    objectives: Annotated[str, typer.Option(help="accuracy, or a Pareto front of accuracy,params or accuracy,latency (no pruning then).")] = "accuracy",
+    enqueue_seed: Annotated[Optional[bool], typer.Option("--enqueue-seed/--no-enqueue-seed", help="Train the course project's configuration as the first trial (default: on for search/default.toml).", show_default=False)] = None,
+    enqueue: Annotated[Optional[list[Path]], typer.Option(help="JSON file of a configuration (or a list of them, or `best --json` rows) to train early; repeatable.")] = None,
 ) -> None:
     """Search: sample, budget-check, train and score trials until the study holds --trials trained ones."""
     from cerberus import data as datasets
@@ -65,14 +68,19 @@ def run(
         _positive(name, value)
     if data not in datasets.DATASETS:
         raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
+    goals = studies.parse_objectives(objectives)
     devices = _worker_devices(device, gpus, workers)
     stores.sqlite_path(storage)  # the URL's syntax: cheap, so before the slower checks
     search_space = spaces.load(space)
     studies.check_budget(search_space, max_params)
-    splits = datasets.search_splits(data, data_dir)  # a missing or broken dataset is refused here
     index = pool.worker_index()
+    known = [] if index is not None else _known_configs(search_space, space, enqueue_seed, enqueue or [])
+    splits = datasets.search_splits(data, data_dir)  # a missing or broken dataset is refused here
     optuna_study = studies.create_study(study, stores.open_storage(storage, create=True, heartbeat=heartbeat),
-                                        seed, worker=index or 0)
+                                        seed, worker=index or 0, objectives=goals)
+    queued = [label for config, label in known if studies.enqueue(optuna_study, search_space, config, label)]
+    if queued:
+        typer.echo(f"queued {len(queued)} known configuration(s) to train first: {', '.join(queued)}", err=True)
     done = studies.count_trained(optuna_study)
     if index is None:
         typer.echo(f"study {study!r} in {storage}: {done} of {trials} trained trials, space {space}, budget "
@@ -80,7 +88,7 @@ def run(
     if len(devices) > 1:
         common = ["run", "--trials", str(trials), "--study", study, "--storage", storage, "--space", str(space),
                   "--max-params", str(max_params), "--data", data, "--max-failures", str(max_failures),
-                  "--heartbeat", str(heartbeat), "--workers", "1"]
+                  "--heartbeat", str(heartbeat), "--workers", "1", "--objectives", objectives]
         for flag, value in (("--epochs", epochs), ("--data-dir", data_dir), ("--seed", seed), ("--timeout", timeout)):
             if value is not None:
                 common += [flag, str(value)]
@@ -92,7 +100,7 @@ def run(
         raise typer.Exit(code)
     opts = studies.RunOptions(trials, max_params, epochs, studies.resolve_device(devices[0]), data,
                               str(data_dir) if data_dir else None, seed, timeout, max_failures,
-                              stores.artifact_dir(storage, study), compile)
+                              stores.artifact_dir(storage, study), compile, goals)
     result = _run_one(studies, optuna_study, search_space, opts, lambda: splits, done, index)
     _say_where(studies, optuna_study, trials, study, storage, 0, result)
     if result.gave_up:
@@ -101,6 +109,38 @@ def run(
     if result.failed_out:
         typer.echo(f"stopped: {max_failures} trials failed in a row (see their 'error' attribute); fix the cause and run the same command again", err=True)
         raise typer.Exit(1)
+
+
+def _known_configs(search_space, space: Path, enqueue_seed: bool | None, files: list[Path]) -> list:  # type: ignore[no-untyped-def]
+    """(config, label) pairs to queue: the course project's unless switched off (by default only
+    for the default space), then each file's; every one is checked against the space now."""
+    from cerberus.config import COURSE, Config
+
+    if enqueue_seed is None:
+        enqueue_seed = space.resolve() == (Path("search") / "default.toml").resolve()
+    known = [(COURSE, "seed")] if enqueue_seed else []
+    for path in files:
+        try:
+            loaded = json.loads(path.read_text())
+        except OSError as e:
+            raise UserError(f"--enqueue {path}: cannot read it ({e.strerror})") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"--enqueue {path}: not JSON ({e.msg} at line {e.lineno})") from None
+        items = loaded if isinstance(loaded, list) else [loaded]
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and "config" in item:  # a `best --json` row
+                item = item["config"]
+            try:
+                config = Config.from_dict(item)
+            except (ValueError, TypeError) as e:
+                raise UserError(f"--enqueue {path}: {e}; expected a configuration as `best --json` prints it") from None
+            known.append((config, f"{path.name}#{i}" if len(items) > 1 else path.name))
+    for config, label in known:
+        try:
+            search_space.params_for(config)
+        except UserError as e:
+            raise UserError(f"--enqueue{'-seed' if label == 'seed' else ' ' + label}: {e}") from None
+    return known
 
 
 def _worker_devices(device: str, gpus: str | None, workers: int) -> list[str]:
@@ -162,9 +202,12 @@ def _say_where(studies, optuna_study, trials, study, storage, code, result=None)
                    f"architecture(s); the study holds {held} of {trials} trained trials", err=True)
     else:
         typer.echo(f"the study holds {held} of {trials} trained trials", err=True)
-    best = studies.best_trial(optuna_study)
-    if best is not None:
-        typer.echo(f"best: trial {best.number}, val accuracy {best.value:.4f}, {best.user_attrs['params']:,} params "
+    front = studies.best_trials(optuna_study)
+    if len(front) > 1 or front and len(optuna_study.directions) > 1:
+        typer.echo(f"Pareto front: {len(front)} trial(s), the most accurate trial {front[0].number} at val accuracy "
+                   f"{front[0].values[0]:.4f} (see `cerberus-search best --study {study} --storage {storage}`)", err=True)
+    elif front:
+        typer.echo(f"best: trial {front[0].number}, val accuracy {front[0].values[0]:.4f}, {front[0].user_attrs['params']:,} params "
                    f"(see `cerberus-search best --study {study} --storage {storage}`)", err=True)
 
 
@@ -172,15 +215,17 @@ def _say_where(studies, optuna_study, trials, study, storage, code, result=None)
 def best(
     study: Study = DEFAULT_STUDY,
     storage: Storage = DEFAULT_STORAGE,
-    top: Annotated[int, typer.Option(help="How many trials to list.")] = 1,
+    top: Annotated[Optional[int], typer.Option(help="How many trials to list (default: 1, or the whole Pareto front).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, best first.")] = False,
 ) -> None:
-    """The best completed trials: architecture, recipe, parameters, validation accuracy."""
+    """The best completed trials (of a multi-objective study, its Pareto front): architecture,
+    recipe, parameters, validation accuracy."""
     from cerberus import storage as stores
     from cerberus import study as studies
 
     _positive("--top", top)
-    trials = studies.best_trials(stores.load_study(study, storage), top)
+    loaded = stores.load_study(study, storage)
+    trials = studies.best_trials(loaded, top)
     rows = [studies.summary(t) for t in trials]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -191,13 +236,16 @@ def best(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"best of study {study!r} ({storage})")
-    for col in ("trial", "val acc", "params", "MFLOPs", "blocks", "widths", "F/K/P", "optimizer", "lr", "schedule", "epochs", "batch", "augment"):
-        table.add_column(col, justify="right" if col in ("trial", "val acc", "params", "MFLOPs", "lr", "epochs", "batch") else "left")
+    front = len(loaded.directions) > 1
+    latency = any(r["latency_ms"] is not None for r in rows)
+    table = Table(title=f"{'Pareto front' if front else 'best'} of study {study!r} ({storage})")
+    for col in ("trial", "val acc", "params", "MFLOPs", *(["latency ms"] if latency else []), "blocks", "widths", "F/K/P", "optimizer", "lr", "schedule", "epochs", "batch", "augment"):
+        table.add_column(col, justify="right" if col in ("trial", "val acc", "params", "MFLOPs", "latency ms", "lr", "epochs", "batch") else "left")
     for r in rows:
         a, rc = r["config"]["arch"], r["config"]["recipe"]
         table.add_row(
             str(r["trial"]), f"{r['val_accuracy']:.4f}", f"{r['params']:,}", f"{r['flops'] / 1e6:.0f}",
+            *([f"{r['latency_ms']:.2f}" if r["latency_ms"] is not None else "-"] if latency else []),
             ",".join(map(str, a["blocks"])), ",".join(map(str, a["widths"])),
             f"{a['conv_kernel']}/{a['skip_kernel']}/{a['pool'] or 'global'}",
             rc["optimizer"], f"{rc['lr']:.3g}", rc["schedule"], str(r["epochs"]), str(rc["batch_size"]),

@@ -8,10 +8,16 @@ parameters.
 ``measure(arch)`` builds the same module on the meta device (no memory, no weights) and
 returns its exact parameter count and forward FLOPs per image, in milliseconds, which is
 what lets the search reject an over-budget architecture before a real model exists.
+
+``latency_ms(model, device)`` times inference of a batch of :data:`LATENCY_BATCH` images the
+way a trial evaluates (bf16 autocast and channels-last on CUDA, fp32 on the CPU): the median
+of several timed forwards after warm-up, with the device drained around each.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from typing import NamedTuple
 
 import torch
@@ -22,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cerberus.config import Arch
 
 NUM_CLASSES = 10
+LATENCY_BATCH = 256
 
 
 class BasicBlock(nn.Module):
@@ -87,3 +94,25 @@ def measure(arch: Arch) -> Size:
     with FlopCounterMode(display=False) as counter:
         model(x)
     return Size(params, counter.get_total_flops())
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, device: torch.device, batch: int = LATENCY_BATCH) -> float:
+    """Median milliseconds of one forward pass of ``batch`` random images on ``device``."""
+    cuda = device.type == "cuda"
+    model.eval()
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(
+        memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    warmup, reps = (5, 20) if cuda else (1, 5)  # a CPU forward is long enough to time alone
+    times = []
+    for i in range(warmup + reps):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            model(x)
+        if cuda:
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)

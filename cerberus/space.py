@@ -160,6 +160,30 @@ class Space:
         augment = _sample_table(trial, self.augment, _augment_acts)
         return Config(arch, Recipe(**recipe, augment=Augment(**augment)))
 
+    def params_for(self, config: Config) -> dict[str, Any]:
+        """The Optuna parameters under which ``sample`` returns ``config`` (its epochs aside:
+        those stay the space's, so an enqueued configuration trains at the search's fidelity).
+
+        This is what ``study.enqueue_trial`` needs to put a known configuration into a study
+        as an ordinary trial the sampler learns from. A configuration the space cannot produce
+        (a value outside a range or a choice, or a key the space pins to something else) is a
+        UserError naming the key and what the space allows.
+        """
+        a, r = config.arch, config.recipe
+        wanted: dict[str, Any] = {"stages": len(a.blocks)}
+        for i, (b, w) in enumerate(zip(a.blocks, a.widths), 1):
+            wanted[f"blocks_{i}"], wanted[f"widths_{i}"] = b, w
+        for table in (a, r, r.augment):
+            wanted.update({f.name: getattr(table, f.name) for f in dataclasses.fields(table)})
+        # Choice.sample asks for tuples (milestones) by their label
+        wanted = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in wanted.items()}
+        trial = _Replay(self.path, wanted)
+        got = replace_epochs(self.sample(trial), config.recipe.epochs)  # type: ignore[arg-type]
+        if _canonical(got) != _canonical(config):
+            key, mine, theirs = _first_difference(_canonical(config).to_dict(), _canonical(got).to_dict())
+            raise UserError(f"{self.path} cannot express this configuration: {key} = {mine!r}, the space pins {theirs!r}")
+        return trial.params
+
     def architectures(self) -> Iterator[Arch]:
         """The corner architectures: fewest blocks and narrowest widths per stage, for every
         stage count, kernel and pool. The smallest architecture of the space is among them."""
@@ -315,6 +339,54 @@ def _parse_range(table: dict, rule: Rule, where: str) -> Range:
         if log:
             raise UserError(f"{where}: step and log cannot be combined; Optuna samples one or the other")
     return Range(low, high, log=log, step=step, integer=rule.kind is int)
+
+
+class _Replay:
+    """Stands in for an Optuna trial: answers each suggestion with ``wanted``'s value, and
+    refuses (UserError) one the suggested distribution does not hold."""
+
+    def __init__(self, path: str, wanted: dict[str, Any]) -> None:
+        self.path, self.wanted, self.params = path, wanted, {}
+
+    def _take(self, name: str, inside: bool, allowed: str) -> Any:
+        value = self.wanted[name]
+        if not inside:
+            raise UserError(f"{self.path} cannot express this configuration: {name} = {value!r}, the space allows {allowed}")
+        self.params[name] = value
+        return value
+
+    def suggest_categorical(self, name: str, choices: list) -> Any:
+        v = self.wanted[name]
+        inside = any(v == c and (type(v) is bool) == (type(c) is bool) for c in choices)
+        return self._take(name, inside, ", ".join(map(str, choices)))
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        v = self.wanted[name]
+        return self._take(name, isinstance(v, int) and low <= v <= high and (v - low) % step == 0, f"{low}..{high}")
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        return self._take(name, low <= self.wanted[name] <= high, f"{low:g}..{high:g}")
+
+
+def _canonical(config: Config) -> Config:
+    """``config`` with the keys that do not act (momentum under adam, ...) at their defaults."""
+    r = config.recipe
+    recipe = {f.name: getattr(r, f.name) for f in dataclasses.fields(Recipe) if f.name != "augment"}
+    augment = dataclasses.asdict(r.augment)
+    recipe = {k: v if _recipe_acts(k, recipe) else getattr(Recipe, k) for k, v in recipe.items()}
+    augment = {k: v if _augment_acts(k, augment) else getattr(Augment, k) for k, v in augment.items()}
+    return Config(config.arch, Recipe(**recipe, augment=Augment(**augment)))
+
+
+def _first_difference(a: dict[str, Any], b: dict[str, Any], where: str = "") -> tuple[str, Any, Any]:
+    for key in a:
+        if isinstance(a[key], dict):
+            found = _first_difference(a[key], b[key], f"{where}{key}.")
+            if found[0]:
+                return found
+        elif a[key] != b[key]:
+            return f"{where}{key}", a[key], b[key]
+    return "", None, None
 
 
 def replace_epochs(config: Config, epochs: int | None) -> Config:

@@ -11,6 +11,16 @@ Contract of :func:`run`:
   for pruned trials too, so the sampler learns to stay inside the budget.
 * Trained trials report validation accuracy per epoch; the pruner may stop them (PRUNED,
   ``reason = "pruned"``); a diverged loss ends them PRUNED with ``reason = "diverged"``.
+* With ``objectives`` ``accuracy,params`` or ``accuracy,latency`` the study has two objectives
+  (maximise validation accuracy, minimise parameters or the milliseconds of a forward pass at
+  :data:`cerberus.model.LATENCY_BATCH` images) and its best trials are the Pareto front. Optuna
+  prunes single-objective studies only, and cutting trials on accuracy alone would cut exactly
+  the small, slow-to-learn nets a front is for, so a multi-objective trial trains all its epochs;
+  its per-epoch accuracy is kept as the user attr ``val_history``. The objectives are stored
+  with the study (user attr ``objectives``), and a run that asks for others is refused.
+* :func:`enqueue` puts a known configuration (the course project's, or a user's) into the
+  study as an ordinary trial, trained at the search's fidelity, so the search can only improve
+  on it.
 * ``trials`` is a target for the *study*: the run stops once the study holds that many trained
   trials (COMPLETE, or PRUNED after training). Rejected architectures do not count, so the same
   command after an interruption trains only the remainder.
@@ -35,13 +45,16 @@ from optuna.trial import FrozenTrial, TrialState
 from cerberus import data as datasets
 from cerberus.config import Config
 from cerberus.errors import UserError
-from cerberus.model import measure
+from cerberus.model import LATENCY_BATCH, latency_ms, measure
 from cerberus.progress import Reporter
 from cerberus.data import Split
 from cerberus.space import Space, replace_epochs
 from cerberus.storage import MAX_RETRY
-from cerberus.train import Result, fit
+from cerberus.train import Result, Trainer, fit
 
+# The objectives a study can have, the first always validation accuracy, and their directions.
+OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "latency": "minimize"}
+ALLOWED_OBJECTIVES = ("accuracy", "accuracy,params", "accuracy,latency")
 OVER_BUDGET, PRUNED, DIVERGED = "over_budget", "pruned", "diverged"  # PRUNED trials
 INTERRUPTED, OUT_OF_MEMORY, ERROR, WORKER_DIED = "interrupted", "out_of_memory", "error", "worker_died"  # FAIL
 MAX_REJECTIONS_IN_A_ROW = 1000  # a feasible space that the sampler still cannot hit
@@ -62,6 +75,7 @@ class RunOptions:
     max_failures: int = 5  # failed trials in a row that end the run
     artifacts: Path | None = None  # the study's folder; checkpoints go in artifacts/checkpoints
     compile: bool = False  # torch.compile each trial's training forward
+    objectives: tuple[str, ...] = ("accuracy",)
 
 
 @dataclass(frozen=True)
@@ -91,11 +105,26 @@ def check_budget(space: Space, max_params: int) -> None:
         )
 
 
-def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | None, worker: int = 0) -> optuna.Study:
+def parse_objectives(text: str) -> tuple[str, ...]:
+    if text not in ALLOWED_OBJECTIVES:
+        raise UserError(f"--objectives {text!r} is not supported; allowed: {', '.join(ALLOWED_OBJECTIVES)}")
+    return tuple(text.split(","))
+
+
+def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | None, worker: int = 0,
+                 objectives: tuple[str, ...] = ("accuracy",)) -> optuna.Study:
     """The study, made on first use. The sampler and pruner are per process (Optuna keeps
     neither in storage); the seed is offset by the trials already there and by the worker's
-    index, so neither a resumed run nor a second worker replays the random start-up samples."""
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    index, so neither a resumed run nor a second worker replays the random start-up samples.
+    An existing study searched for other ``objectives`` is a UserError, and is left as it was."""
+    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                directions=[OBJECTIVES[o] for o in objectives])
+    stored = study_objectives(study)
+    if stored is None:
+        study.set_user_attr("objectives", list(objectives))
+    elif stored != objectives:
+        raise UserError(f"study {name!r} was created with --objectives {','.join(stored)}; run it with those, "
+                        f"or give this search another --study")
     offset = len(study.get_trials(deepcopy=False))
     with warnings.catch_warnings():
         # group=True is what keeps TPE multivariate across stage counts; it is marked experimental.
@@ -105,6 +134,28 @@ def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | No
         )
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     return study
+
+
+def study_objectives(study: optuna.Study) -> tuple[str, ...] | None:
+    """What ``study`` optimises; a one-direction study from before objectives were stored is
+    an accuracy search, and a study cerberus did not make has none."""
+    stored = study.user_attrs.get("objectives")
+    if stored is not None:
+        return tuple(stored)
+    return ("accuracy",) if study.directions == [optuna.study.StudyDirection.MAXIMIZE] else None
+
+
+def enqueue(study: optuna.Study, space: Space, config: Config, label: str) -> bool:
+    """Queue ``config`` as the study's next trial, unless a trial with this ``label`` (user
+    attr ``enqueued``) is already there, so repeating a command queues nothing twice. The
+    trial samples the space like any other, with its parameters fixed to ``config``'s (see
+    :meth:`Space.params_for`): the sampler learns from it and it trains at the search's epochs.
+    Returns whether it queued."""
+    params = space.params_for(config)
+    if any(t.user_attrs.get("enqueued") == label for t in study.get_trials(deepcopy=False)):
+        return False
+    study.enqueue_trial(params, user_attrs={"enqueued": label})
+    return True
 
 
 def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
@@ -127,7 +178,9 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
         if stop.is_set():
             raise KeyboardInterrupt
 
-    def objective(trial: optuna.Trial) -> float:
+    multi = len(opts.objectives) > 1
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         state["current"] = trial.number
         inherited = trial.user_attrs
         if "origin" in inherited:  # a retry: Optuna's retry callback copied its original's attributes
@@ -162,9 +215,15 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
                    images_per_s=result.images_per_s, device=device_name(opts.device))
         if result.resumed_epochs:
             trial.set_user_attr("resumed_epochs", result.resumed_epochs)
+        if multi:
+            trial.set_user_attr("val_history", result.history)
         if result.diverged or result.stopped:
             trial.set_user_attr("reason", DIVERGED if result.diverged else PRUNED)
             raise optuna.TrialPruned()
+        if opts.objectives == ("accuracy", "params"):
+            return result.val_accuracy, size.params
+        if opts.objectives == ("accuracy", "latency"):
+            return result.val_accuracy, trial.user_attrs["latency_ms"]
         return result.val_accuracy
 
     def _train(trial: optuna.Trial, config: Config, splits: Callable, checkpoint: Path | None) -> Result:
@@ -173,12 +232,20 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
 
         def on_epoch(epoch: int, accuracy: float) -> bool:
             check_stop()
-            trial.report(accuracy, epoch)
             reporter.epoch(trial.number, epoch, epochs, accuracy)
+            if multi:  # Optuna prunes single-objective studies only (see the module docstring)
+                return False
+            trial.report(accuracy, epoch)
             return epoch < epochs and trial.should_prune()
 
+        def on_end(trainer: Trainer) -> None:
+            if "latency" in opts.objectives:
+                trial.set_user_attr("latency_ms", latency_ms(trainer.model, opts.device))
+                trial.set_user_attr("latency_batch", LATENCY_BATCH)
+
         seed = None if opts.seed is None else opts.seed * 100_003 + trial.number
-        return fit(config, train, val, opts.device, on_epoch, seed=seed, checkpoint=checkpoint, compile=opts.compile)
+        return fit(config, train, val, opts.device, on_epoch, seed=seed, checkpoint=checkpoint,
+                   compile=opts.compile, on_end=on_end)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         if opts.device.type == "cuda":
@@ -203,7 +270,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
         state["failed_in_a_row"] = 0
         if is_trained(trial):
             state["trained"] += 1
-            accuracy = trial.value if trial.state == TrialState.COMPLETE else _last_report(trial)
+            accuracy = trial.values[0] if trial.state == TrialState.COMPLETE else _last_accuracy(trial)
             reporter.finished(trial.number, reason or "complete", accuracy, trial.user_attrs["params"],
                               trial.user_attrs.get("train_seconds", 0.0))
         if count_trained(study) >= opts.trials:
@@ -266,9 +333,11 @@ def _set_attrs(trial: optuna.Trial, **attrs: Any) -> None:
         trial.set_user_attr(key, value)
 
 
-def _last_report(trial: FrozenTrial) -> float | None:
-    steps = trial.intermediate_values
-    return steps[max(steps)] if steps else None
+def _last_accuracy(trial: FrozenTrial) -> float | None:
+    steps, history = trial.intermediate_values, trial.user_attrs.get("val_history")
+    if steps:
+        return steps[max(steps)]
+    return history[-1] if history else None
 
 
 def device_name(device: torch.device) -> str:
@@ -297,10 +366,15 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def best_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:
-    """Completed trials, best validation accuracy first (fewer parameters break ties)."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(done, key=lambda t: (-t.value, t.user_attrs.get("params", 0), t.number))[:top]
+def best_trials(study: optuna.Study, top: int | None = None) -> list[FrozenTrial]:
+    """Completed trials, best validation accuracy first (fewer parameters break ties); of a
+    multi-objective study only its Pareto front. ``top=None`` is one trial, or the whole front."""
+    if len(study.directions) > 1:
+        done = study.best_trials
+    else:
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        top = top or 1
+    return sorted(done, key=lambda t: (-t.values[0], t.user_attrs.get("params", 0), t.number))[:top]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -313,8 +387,9 @@ def summary(t: FrozenTrial) -> dict[str, Any]:
     a = t.user_attrs
     return {
         "trial": t.number,
-        "val_accuracy": t.value,
+        "val_accuracy": t.values[0],
         "params": a.get("params"),
+        "latency_ms": a.get("latency_ms"),
         "flops": a.get("flops"),
         "epochs": a.get("epochs"),
         "train_seconds": a.get("train_seconds"),
