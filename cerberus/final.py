@@ -178,8 +178,8 @@ def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], 
 def _eta(results: list[SeedResult], left: int) -> str:
     if not results:
         return ""
-    per_seed = statistics.fmean(r.train_seconds for r in results)
-    return f", about {per_seed * left:.0f} s left"
+    seconds = statistics.fmean(r.train_seconds for r in results) * left
+    return f", about {seconds / 60:.0f} min left" if seconds >= 120 else f", about {seconds:.0f} s left"
 
 
 def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed: int, opts: Options) -> SeedResult:

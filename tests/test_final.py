@@ -19,6 +19,7 @@ from cerberus.cli import main
 from cerberus.config import COURSE, Arch, Config, Recipe
 from cerberus.errors import UserError
 from cerberus.model import ResNet, measure
+from cerberus.study import best_trial, summary
 from cerberus.train import _stats, evaluate
 from conftest import ROOT, cli, popen
 
@@ -67,8 +68,8 @@ def study_dir(searched, tmp_path):
     return shutil.copytree(searched, tmp_path / "w")
 
 
-def test_train_a_trial_writes_weights_config_and_metrics_and_records_them_on_the_study(study_dir):
-    best = json.loads(cli("best", "--json", cwd=study_dir).stdout)[0]
+def test_train_a_trial_writes_weights_config_and_metrics_and_records_them_on_the_study(study_dir, monkeypatch, capsys):
+    best = summary(best_trial(load(study_dir)))  # the row `best --json` prints
     n = best["trial"]
     r = cli("train", "--trial", str(n), "--seeds", "2", "--epochs", "1", *ON_CPU, "--json", cwd=study_dir)
     assert r.returncode == 0, r.stderr
@@ -106,8 +107,10 @@ def test_train_a_trial_writes_weights_config_and_metrics_and_records_them_on_the
         "test_accuracy": metrics["test_accuracy"], "test_accuracy_std": metrics["test_accuracy_std"],
         "test_seeds": 2, "test_epochs": 1}
     before, written = snapshot(study_dir), (out / "metrics.json").read_bytes()
-    again = cli("train", "--trial", str(n), "--seeds", "2", "--epochs", "1", *ON_CPU, cwd=study_dir)
-    assert again.returncode == 2 and "already holds a finished result" in again.stderr
+    monkeypatch.chdir(study_dir)
+    with pytest.raises(SystemExit) as again:
+        main(["train", "--trial", str(n), *ON_CPU])
+    assert again.value.code == 2 and "already holds a finished result" in capsys.readouterr().err
     assert snapshot(study_dir) == before and (out / "metrics.json").read_bytes() == written
 
 
@@ -236,3 +239,17 @@ def test_the_final_training_set_is_train_plus_validation():
         return sorted(zip(split.images.flatten(1).sum(1).tolist(), split.labels.tolist()))
 
     assert len(whole) == len(train) + len(val) and rows(whole) == sorted(rows(train) + rows(val))
+
+
+def test_a_diverged_seed_is_reported_unscored_without_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(datasets, "train_split", lambda *args: datasets.synthetic(256, seed=1))  # a second, not three
+    wild = Config(TINY.arch, Recipe(optimizer="sgd", lr=1e12, epochs=1, batch_size=64))
+    (tmp_path / "wild.json").write_text(wild.to_json())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        main(["train", "--config", "wild.json", "--seeds", "1", *ON_CPU])
+    assert exit.value.code == 1 and capsys.readouterr().out.startswith("seed 0: diverged")
+    out = tmp_path / "studies" / "cerberus" / "final" / "wild"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] is None and metrics["test_seeds"] == 0 and metrics["seeds"][0]["weights"] is None
+    assert not (out / "seed-0.pt").exists()
