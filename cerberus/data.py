@@ -64,7 +64,7 @@ def train_split(name: str, data_dir: str | Path | None = None) -> Split:
 
 
 def test_split(name: str, data_dir: str | Path | None = None) -> Split:
-    """The test set. Only ``cerberus-search train`` may call this, once per final model."""
+    """The test set. Only ``cerberus-search train`` may call this, once per command."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if name == "synthetic":
         return synthetic(1000, seed=2)
