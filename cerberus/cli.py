@@ -1,14 +1,16 @@
-"""``cerberus-search`` (also ``python -m cerberus``): run a search, read its best, count a net.
+"""``cerberus-search`` (also ``python -m cerberus``): run a search, read its best, retrain it, count a net.
 
 Bad input of any kind ends in one line on stderr and exit code 2, before any work is done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -352,6 +354,91 @@ def bench(
                f"{' and the same for the baseline loop' if baseline else ''}", err=True)
     result = benches.run(arch, options)
     typer.echo(json.dumps(result) if as_json else benches.report(result))
+
+
+@app.command()
+def train(
+    trial: Annotated[Optional[int], typer.Option(help="Retrain this trial of --study (see `best`).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Retrain this configuration: a Config JSON file or a `best --json` row.")] = None,
+    study: Study = DEFAULT_STUDY,
+    storage: Storage = DEFAULT_STORAGE,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per seed, overriding the configuration's.")] = None,
+    seeds: Annotated[int, typer.Option(help="Train seeds 0..S-1, each scored once on the test set.")] = 3,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for weights, config.json, metrics.json; default <study folder>/final/trial-N (or /<config file stem>).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    data: Annotated[str, typer.Option(help="cifar10 (downloaded on first use) or synthetic.")] = "cifar10",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where CIFAR-10 is (or is downloaded to); default ~/.cache/cerberus/data.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json.")] = False,
+) -> None:
+    """Final models: retrain one configuration on train + validation per seed, score each once on the test set."""
+    from cerberus import data as datasets
+    from cerberus import final as finals
+    from cerberus import storage as stores
+    from cerberus import study as studies
+
+    if (trial is None) == (config is None):
+        raise UserError("give exactly one of --trial N (a trial of --study) or --config FILE.json")
+    _positive("--seeds", seeds)
+    _positive("--epochs", epochs)
+    if data not in datasets.DATASETS:
+        raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
+    resolved = studies.resolve_device(device)
+    optuna_study = None
+    if trial is not None:
+        optuna_study = stores.load_study(study, storage)
+        source = finals.from_trial(optuna_study, trial)
+    else:
+        source = finals.from_file(config)
+    out = out or finals.default_out(stores.artifact_dir(storage, study), source)
+    finals.check_out(out)
+    opts = finals.Options(seeds, resolved, data, str(data_dir) if data_dir else None, out, storage)
+    say = lambda line: typer.echo(line, err=True)  # noqa: E731
+    what = f"trial {trial} of study {study!r}" if trial is not None else str(config)
+    say(f"train: {what}, {seeds} seed(s), {data} train + validation, test set scored once per seed, into {out}")
+    with _sigint_flag() as stop:
+        try:
+            metrics = finals.run(source, epochs, opts, say, stop)
+        except KeyboardInterrupt:
+            say(f"interrupted: nothing recorded ({out / finals.METRICS} not written, the study unchanged); "
+                f"run the same command to train again from seed 0")
+            raise typer.Exit(130) from None
+    if optuna_study is not None:
+        finals.record(optuna_study, trial, metrics)
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+    else:
+        for s in metrics["seeds"]:
+            score = "diverged" if s["test_accuracy"] is None else f"test accuracy {s['test_accuracy']:.4f}"
+            typer.echo(f"seed {s['seed']}: {score} ({s['epochs']} epochs, {s['train_seconds']:.1f} s)")
+        std = metrics["test_accuracy_std"]
+        mean = "none scored" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.4f}"
+        typer.echo(f"test accuracy {mean}" + (f" ± {std:.4f} (sample std, {metrics['test_seeds']} seeds)" if std is not None else "")
+                   + f", {metrics['params']:,} params; {out}")
+    if metrics["test_accuracy"] is None:
+        raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _sigint_flag() -> Iterator[threading.Event]:
+    """Ctrl-C raises KeyboardInterrupt and also sets the yielded flag: an interrupt that lands in a
+    finaliser run by gc is swallowed (and would print as 'unraisable'), the flag is not."""
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        stop.set()
+        raise KeyboardInterrupt
+
+    def unraisable(hook: object) -> None:
+        if not issubclass(hook.exc_type, KeyboardInterrupt):  # type: ignore[attr-defined]
+            sys.__unraisablehook__(hook)  # type: ignore[arg-type]
+
+    previous = signal.signal(signal.SIGINT, on_sigint), sys.unraisablehook
+    sys.unraisablehook = unraisable
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        sys.unraisablehook = previous[1]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -178,7 +178,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 
 # The course project's hand-found ResNet-24 (4,918,602 parameters) and its recipe, the row every
-# result is compared with; search/seed.toml pins the same (a test keeps the two equal).
+# result is compared with; search/seed.toml pins the same and search/seed.json holds it for
+# `cerberus-search train --config` (tests keep all three equal).
 COURSE = Config(
     Arch((3, 5, 3), (64, 128, 256)),
     Recipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="step", milestones=(0.4, 0.75),

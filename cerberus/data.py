@@ -2,8 +2,9 @@
 
 ``search_splits(name, data_dir)`` returns (train, validation): the validation split is held
 out of the *training* set, stratified by class, with a fixed seed, so every trial, worker and
-machine scores on the same 5,000 CIFAR-10 images. The test set is read by ``test_split``
-alone, which only ``cerberus-search train`` calls.
+machine scores on the same 5,000 CIFAR-10 images. ``train_split`` is the whole training set
+(the union of those two, all 50,000 images), which the final retraining trains on. The test set
+is read by ``test_split`` alone, which only ``cerberus-search train`` calls.
 
 Images stay ``uint8`` tensors of shape (N, 3, 32, 32) from disk to the training loop (no PIL),
 so the trainer can move a whole split to the GPU once and augment batches there.
@@ -57,8 +58,13 @@ def search_splits(name: str, data_dir: str | Path | None = None) -> tuple[Split,
     return Split(full.images[keep], full.labels[keep]), Split(full.images[val_idx], full.labels[val_idx])
 
 
+def train_split(name: str, data_dir: str | Path | None = None) -> Split:
+    """The whole training set, validation images included: what a final model trains on."""
+    return _train_set(name, Path(data_dir) if data_dir else default_data_dir())
+
+
 def test_split(name: str, data_dir: str | Path | None = None) -> Split:
-    """The test set. Only ``cerberus-search train`` may call this, once per final model."""
+    """The test set. Only ``cerberus-search train`` may call this, once per command."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if name == "synthetic":
         return synthetic(1000, seed=2)

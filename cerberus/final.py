@@ -1,0 +1,250 @@
+"""The final models: one configuration retrained on the whole training set, scored on the test set.
+
+This is ``cerberus-search train``, and the only code that reads the test set. Contract of
+:func:`run`:
+
+* The configuration comes from a trial of a study (its ``config`` user attribute,
+  :func:`from_trial`) or from a JSON file (:func:`from_file`); everything about it, the
+  output folder included (:func:`check_out`), is checked before any data is read.
+* Both datasets are read once, before any training: the training set whole (train +
+  validation, ``data.train_split``) and the test set (``data.test_split``), so a missing or
+  corrupt test batch is reported before hours of training, not after.
+* Seed ``s`` (``s = 0 .. seeds-1``) trains ``ResNet(config.arch)`` with ``config.recipe``
+  from ``torch.manual_seed(s)``, with no evaluation during training, and is scored on the
+  test set once, after its last epoch (with the recipe's flip TTA). Its weights are written
+  to ``OUT/seed-<s>.pt`` (a CPU state dict) as soon as it is scored.
+* After the last seed, ``OUT/config.json`` (the configuration trained, ``--epochs`` applied)
+  and then ``OUT/metrics.json`` are written, each atomically: a run stopped midway leaves no
+  ``metrics.json``, so a folder that holds one holds a finished result, and ``train`` refuses
+  to write over it.
+* With a trial, the study records the result for that trial (:func:`record`): Optuna 5
+  refuses to change a finished trial's attributes, so they are *study* user attributes keyed
+  by the trial number, read back by :func:`stored_result`.
+
+A seed whose loss turns NaN or infinite is not scored (``diverged``, no weights); the mean and
+the sample standard deviation (n - 1; null for a single scored seed) are over the scored seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import statistics
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from cerberus import data as datasets
+from cerberus.config import Config
+from cerberus.errors import UserError
+from cerberus.model import measure
+from cerberus.space import replace_epochs
+from cerberus.study import device_name
+from cerberus.train import Trainer, fit
+
+METRICS, CONFIG = "metrics.json", "config.json"
+# Study user attributes holding a trial's final result; the key is "<name>:<trial number>".
+STUDY_ATTRS = ("test_accuracy", "test_accuracy_std", "test_seeds", "test_epochs")
+
+
+@dataclass(frozen=True)
+class Source:
+    """The configuration to retrain and where it came from (a trial, or a file)."""
+
+    config: Config
+    study: str | None = None
+    trial: int | None = None
+    val_accuracy: float | None = None  # the trial's validation accuracy, when it completed
+    config_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    seeds: int
+    device: torch.device
+    data: str
+    data_dir: str | None
+    out: Path
+    storage: str | None = None  # recorded in metrics.json with the study
+
+
+def from_trial(study: optuna.Study, number: int) -> Source:
+    """Trial ``number``'s configuration; a trial that does not exist or has none is refused."""
+    trials = study.get_trials(deepcopy=False)
+    match = [t for t in trials if t.number == number]
+    if not match:
+        span = f"trials 0..{len(trials) - 1}" if trials else "no trials"
+        raise UserError(f"--trial {number}: study {study.study_name!r} has no such trial ({span})")
+    trial = match[0]
+    if "config" not in trial.user_attrs:
+        raise UserError(f"--trial {number} ({trial.state.name}) has no configuration: it never started sampling; "
+                        f"choose a trial that `cerberus-search best` lists")
+    try:
+        config = Config.from_dict(trial.user_attrs["config"])
+    except (ValueError, TypeError) as e:
+        raise UserError(f"--trial {number}: its stored configuration is not valid ({e})") from None
+    value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None
+    return Source(config, study=study.study_name, trial=number, val_accuracy=value)
+
+
+def from_file(path: Path) -> Source:
+    """A configuration from JSON: a Config object (``config.json``, ``Config.to_json``), a row of
+    ``best --json`` (an object whose ``config`` is one), or that command's list holding one row."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--config {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--config {path} cannot be read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"--config {path} is not JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if isinstance(data, list):
+        if len(data) != 1:
+            raise UserError(f"--config {path} holds a list of {len(data)} rows; keep one row of `best --json` "
+                            f"(or one Config object)")
+        data = data[0]
+    if isinstance(data, dict) and "config" in data:
+        data = data["config"]
+    try:
+        config = Config.from_dict(data)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"--config {path}: {e} (a Config object with arch and recipe, or a `best --json` row)") from None
+    return Source(config, config_file=str(path))
+
+
+def default_out(artifacts: Path, source: Source) -> Path:
+    """``<study folder>/final/trial-<N>`` for a trial, ``.../final/<file stem>`` for a file, so
+    the winner and the seed recipe's comparison row sit side by side and neither overwrites the other."""
+    name = f"trial-{source.trial}" if source.trial is not None else Path(source.config_file or "config").stem
+    return artifacts / "final" / name
+
+
+def check_out(out: Path) -> None:
+    """Refuse a folder that holds a finished result, is a file, or cannot be created or written."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    if (out / METRICS).exists():
+        raise UserError(f"--out {out} already holds a finished result ({METRICS}); give another --out or delete it")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"--out {out}: cannot write to {existing}; choose another --out")
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    seed: int
+    test_accuracy: float | None  # None: the loss diverged and the model was not scored
+    train_seconds: float
+    images_per_s: float
+    epochs: int
+    weights: str | None  # file name inside OUT
+
+
+def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], None],
+        stop: threading.Event | None = None) -> dict[str, Any]:
+    """Retrain ``source.config`` (with ``epochs`` if given) for each seed, write OUT, return metrics.
+
+    ``say`` gets the progress lines. ``stop`` (the Ctrl-C flag) is checked between seeds, where a
+    KeyboardInterrupt swallowed by a finaliser during cleanup would otherwise go unnoticed.
+    """
+    config = replace_epochs(source.config, epochs)
+    train, test = datasets.train_split(opts.data, opts.data_dir), datasets.test_split(opts.data, opts.data_dir)
+    results: list[SeedResult] = []
+    for seed in range(opts.seeds):
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
+        say(f"seed {seed} ({seed + 1} of {opts.seeds}): training {config.recipe.epochs} epoch(s) on {len(train):,} images "
+            f"({opts.device}){_eta(results, opts.seeds - seed)}")
+        results.append(_one_seed(config, train, test, seed, opts))
+        r = results[-1]
+        scored = "diverged, not scored" if r.test_accuracy is None else f"test accuracy {r.test_accuracy:.4f}"
+        say(f"seed {seed} ({seed + 1} of {opts.seeds}): {scored}, {r.train_seconds:.1f} s")
+    metrics = _metrics(source, config, results, opts, len(train), len(test))
+    _write(opts.out / CONFIG, config.to_json(indent=2).encode())
+    _write(opts.out / METRICS, json.dumps(metrics, indent=2).encode())
+    return metrics
+
+
+def _eta(results: list[SeedResult], left: int) -> str:
+    if not results:
+        return ""
+    seconds = statistics.fmean(r.train_seconds for r in results) * left
+    return f", about {seconds / 60:.0f} min left" if seconds >= 120 else f", about {seconds:.0f} s left"
+
+
+def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed: int, opts: Options) -> SeedResult:
+    scored: dict[str, float] = {}
+    weights = f"seed-{seed}.pt"
+
+    def on_end(trainer: Trainer) -> None:  # fit frees the model after this; it skips it when diverged
+        scored["accuracy"] = trainer.evaluate(test)
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, buffer)
+        _write(opts.out / weights, buffer.getvalue())
+
+    result = fit(config, train, None, opts.device, seed=seed, on_end=on_end)
+    accuracy = scored.get("accuracy")
+    return SeedResult(seed, accuracy, result.train_seconds, result.images_per_s, result.epochs,
+                      weights if accuracy is not None else None)
+
+
+def _metrics(source: Source, config: Config, results: list[SeedResult], opts: Options,
+             train_images: int, test_images: int) -> dict[str, Any]:
+    accuracies = [r.test_accuracy for r in results if r.test_accuracy is not None]
+    size = measure(config.arch)
+    return {
+        "test_accuracy": statistics.fmean(accuracies) if accuracies else None,
+        "test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
+        "test_seeds": len(accuracies),
+        "seeds": [dataclasses.asdict(r) for r in results],
+        "params": size.params,
+        "flops": size.flops,
+        "epochs": config.recipe.epochs,
+        "train_seconds": sum(r.train_seconds for r in results),
+        "device": device_name(opts.device),
+        "data": opts.data,
+        "train_images": train_images,
+        "test_images": test_images,
+        "study": source.study,
+        "storage": opts.storage if source.study is not None else None,
+        "trial": source.trial,
+        "val_accuracy": source.val_accuracy,
+        "config_file": source.config_file,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+
+
+def _write(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(content)
+    os.replace(tmp, path)  # a reader sees the old file or the whole new one, never half
+
+
+def record(study: optuna.Study, trial: int, metrics: dict[str, Any]) -> None:
+    """Store the final result of ``trial`` in the study (nothing when no seed was scored)."""
+    if metrics["test_accuracy"] is None:
+        return
+    values = (metrics["test_accuracy"], metrics["test_accuracy_std"], metrics["test_seeds"], metrics["epochs"])
+    for name, value in zip(STUDY_ATTRS, values):
+        study.set_user_attr(f"{name}:{trial}", value)
+
+
+def stored_result(study: optuna.Study, trial: int) -> dict[str, Any] | None:
+    """What :func:`record` stored for ``trial``: ``test_accuracy`` (the mean over seeds),
+    ``test_accuracy_std``, ``test_seeds``, ``test_epochs``; None if it was never retrained."""
+    attrs = study.user_attrs
+    if f"test_accuracy:{trial}" not in attrs:
+        return None
+    return {name: attrs.get(f"{name}:{trial}") for name in STUDY_ATTRS}
