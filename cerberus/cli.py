@@ -162,31 +162,16 @@ def _run_one(studies, optuna_study, search_space, opts, splits, done, index):  #
     """This process as one worker, with Ctrl-C turned into a clean stop (exit 130)."""
     from cerberus.progress import Reporter
 
-    stop = threading.Event()
-
-    def on_sigint(signum: int, frame: object) -> None:
-        # A KeyboardInterrupt raised inside a finaliser that gc runs is swallowed; the flag is not.
-        stop.set()
-        raise KeyboardInterrupt
-
-    def unraisable(hook: object) -> None:  # the finaliser case above: the flag carries it
-        if not issubclass(hook.exc_type, KeyboardInterrupt):  # type: ignore[attr-defined]
-            sys.__unraisablehook__(hook)  # type: ignore[arg-type]
-
-    previous = signal.signal(signal.SIGINT, on_sigint), sys.unraisablehook
-    sys.unraisablehook = unraisable
-    try:
-        with Reporter(opts.trials, done, prefix="" if index is None else f"[w{index}] ") as reporter:
-            return studies.run(optuna_study, search_space, opts, reporter, stop, splits)
-    except KeyboardInterrupt:
-        if index is None:
-            left = opts.trials - studies.count_trained(optuna_study)
-            typer.echo(f"interrupted: the study holds {opts.trials - left} of {opts.trials} trained trials; "
-                       f"run the same command to train the other {left} (the stopped trial resumes from its last epoch)", err=True)
-        raise typer.Exit(130) from None
-    finally:
-        signal.signal(signal.SIGINT, previous[0])
-        sys.unraisablehook = previous[1]
+    with _sigint_flag() as stop:
+        try:
+            with Reporter(opts.trials, done, prefix="" if index is None else f"[w{index}] ") as reporter:
+                return studies.run(optuna_study, search_space, opts, reporter, stop, splits)
+        except KeyboardInterrupt:
+            if index is None:
+                left = opts.trials - studies.count_trained(optuna_study)
+                typer.echo(f"interrupted: the study holds {opts.trials - left} of {opts.trials} trained trials; "
+                           f"run the same command to train the other {left} (the stopped trial resumes from its last epoch)", err=True)
+            raise typer.Exit(130) from None
 
 
 def _say_where(studies, optuna_study, trials, study, storage, code, result=None) -> None:  # type: ignore[no-untyped-def]
