@@ -59,7 +59,7 @@ OVER_BUDGET, PRUNED, DIVERGED = "over_budget", "pruned", "diverged"  # PRUNED tr
 INTERRUPTED, OUT_OF_MEMORY, ERROR, WORKER_DIED = "interrupted", "out_of_memory", "error", "worker_died"  # FAIL
 MAX_REJECTIONS_IN_A_ROW = 1000  # a feasible space that the sampler still cannot hit
 # What a finished trial records about how it ended; a retry, which inherits them, clears them.
-OUTCOME_ATTRS = ("reason", "error", "epochs", "train_seconds", "images_per_s", "resumed_epochs")
+OUTCOME_ATTRS = ("reason", "error", "epochs", "train_seconds", "step_seconds", "images_per_s", "resumed_epochs")
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
             raise
         _forget(checkpoint)
         _set_attrs(trial, epochs=result.epochs, train_seconds=result.train_seconds,
-                   images_per_s=result.images_per_s, device=device_name(opts.device))
+                   step_seconds=result.step_seconds, images_per_s=result.images_per_s, device=device_name(opts.device))
         if result.resumed_epochs:
             trial.set_user_attr("resumed_epochs", result.resumed_epochs)
         if multi:

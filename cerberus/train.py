@@ -51,6 +51,7 @@ class Result:
     epochs: int  # epochs run
     train_seconds: float  # wall time of the whole fit, evaluation included
     images_per_s: float  # training images per second of training steps
+    step_seconds: float = 0.0  # the training steps alone (no evaluation, no set-up)
     history: list[float] = field(default_factory=list)  # validation accuracy per epoch
     stopped: bool = False  # on_epoch asked to stop
     diverged: bool = False  # the loss became NaN or infinite
@@ -187,6 +188,7 @@ def _fit(config: Config, train: Split, val: Split | None, device: torch.device,
         epochs=epochs,
         train_seconds=time.perf_counter() - start,
         images_per_s=images / step_seconds if step_seconds else 0.0,
+        step_seconds=step_seconds,
         history=history,
         **result,
     )
