@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
+import socket
 import threading
 import warnings
 from collections.abc import Callable
@@ -44,6 +46,9 @@ from cerberus.train import Result, fit
 
 OVER_BUDGET, PRUNED, DIVERGED = "over_budget", "pruned", "diverged"  # PRUNED trials
 INTERRUPTED, OUT_OF_MEMORY, ERROR, WORKER_DIED = "interrupted", "out_of_memory", "error", "worker_died"  # FAIL
+# This process, as the user attr ``worker`` of every trial it runs (the report's timeline lanes):
+# the pid keeps two runs on one machine apart, the host name workers on different machines.
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 MAX_REJECTIONS_IN_A_ROW = 1000  # a feasible space that the sampler still cannot hit
 # What a finished trial records about how it ended; a retry, which inherits them, clears them.
 OUTCOME_ATTRS = ("reason", "error", "epochs", "train_seconds", "images_per_s", "resumed_epochs")
@@ -137,7 +142,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
             trial.set_user_attr("origin", trial.number)
         origin = trial.user_attrs["origin"]
         size = measure(config.arch)
-        _set_attrs(trial, config=config.to_dict(), params=size.params, flops=size.flops)
+        _set_attrs(trial, config=config.to_dict(), params=size.params, flops=size.flops, worker=WORKER)
         if "params" not in trial.constraints:  # a retry inherits it
             trial.set_constraint("params", size.params - opts.max_params)
         if size.params > opts.max_params:

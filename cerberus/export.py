@@ -1,0 +1,101 @@
+"""One row per trial, as a pandas DataFrame and a csv, parquet or json file: ``cerberus-search export``.
+
+Columns, in order (a fixed schema: a column whose value no trial has is empty, not missing):
+
+``trial, state, reason, val_accuracy, last_val_accuracy, test_accuracy, params, flops,
+stages, blocks, widths, epochs, train_seconds, images_per_s, device, worker,
+datetime_start, datetime_complete, duration_s, config``, then ``params_<name>`` for every
+sampled Optuna parameter (Optuna's own naming, as in ``Study.trials_dataframe``).
+
+``state`` is Optuna's (COMPLETE, PRUNED, FAIL, RUNNING, WAITING); ``reason`` says why a
+trial did not complete (:func:`cerberus.study.end_reason`: over_budget, pruned, diverged for
+PRUNED; interrupted, out_of_memory, error, worker_died for FAIL). ``val_accuracy`` is the objective of a
+completed trial; ``last_val_accuracy`` the last per-epoch value any trained trial reported.
+``blocks`` and ``widths`` are comma-joined (``3,5,3``) so every format holds them alike;
+``config`` is the trial's whole Config as JSON (``Config.from_json`` reads it back).
+``test_accuracy`` and ``worker`` come from user attrs of those names when a trial has them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from cerberus.errors import UserError
+from cerberus.study import end_reason
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+FORMATS = ("csv", "parquet", "json")
+COLUMNS = ("trial", "state", "reason", "val_accuracy", "last_val_accuracy", "test_accuracy", "params", "flops",
+           "stages", "blocks", "widths", "epochs", "train_seconds", "images_per_s", "device", "worker",
+           "datetime_start", "datetime_complete", "duration_s", "config")
+
+
+def frame(study: optuna.Study) -> pd.DataFrame:
+    """The study's trials, one row each, in trial order, with :data:`COLUMNS` then ``params_*``."""
+    import pandas as pd
+
+    trials = study.get_trials(deepcopy=False)
+    rows = [_row(t) for t in trials]
+    names = sorted({p for t in trials for p in t.params})
+    df = pd.DataFrame(rows, columns=[*COLUMNS, *(f"params_{p}" for p in names)])
+    for col in ("datetime_start", "datetime_complete"):
+        df[col] = pd.to_datetime(df[col])
+    return df
+
+
+def _row(t: FrozenTrial) -> dict[str, Any]:
+    a = t.user_attrs
+    arch = a.get("config", {}).get("arch", {})
+    end = t.datetime_complete
+    return {
+        "trial": t.number,
+        "state": t.state.name,
+        "reason": end_reason(t),
+        "val_accuracy": t.value if t.state == TrialState.COMPLETE else None,
+        "last_val_accuracy": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
+        "test_accuracy": a.get("test_accuracy"),
+        "params": a.get("params"),
+        "flops": a.get("flops"),
+        "stages": len(arch["blocks"]) if "blocks" in arch else None,
+        "blocks": ",".join(map(str, arch["blocks"])) if "blocks" in arch else None,
+        "widths": ",".join(map(str, arch["widths"])) if "widths" in arch else None,
+        "epochs": a.get("epochs"),
+        "train_seconds": a.get("train_seconds"),
+        "images_per_s": a.get("images_per_s"),
+        "device": a.get("device"),
+        "worker": a.get("worker"),
+        "datetime_start": t.datetime_start,
+        "datetime_complete": end,
+        "duration_s": (end - t.datetime_start).total_seconds() if end and t.datetime_start else None,
+        "config": json.dumps(a["config"], sort_keys=True) if "config" in a else None,
+        **{f"params_{k}": v for k, v in t.params.items()},
+    }
+
+
+def check_format(fmt: str) -> None:
+    """UserError for a format this build cannot write (unknown, or parquet without pyarrow)."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r} is not a format; allowed: {', '.join(FORMATS)}")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401  (pandas writes parquet through it)
+        except ImportError:
+            raise UserError("--format parquet needs pyarrow: pip install pyarrow (or use --format csv or json)") from None
+
+
+def write(df: pd.DataFrame, path: Path, fmt: str) -> None:
+    """``df`` to ``path`` in ``fmt``; ``pandas.read_<fmt>`` reads it back (json: ``orient="records"``)."""
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+    elif fmt == "parquet":
+        df.to_parquet(path, index=False)
+    else:
+        df.to_json(path, orient="records", date_format="iso", date_unit="us", indent=1)
+
