@@ -31,7 +31,8 @@ def find() -> str | None:
 
 class Page:
     """One tab of a private headless Chromium, open on ``url``, with every console error,
-    uncaught exception and browser-logged error of the page collected in :attr:`errors`."""
+    uncaught exception and browser-logged error of the page collected in :attr:`errors`, and
+    the URL of every request the page made in :attr:`requests`."""
 
     def __init__(self, url: str, width: int = 1280, height: int = 900, timeout: float = 60) -> None:
         binary = find()
@@ -39,6 +40,7 @@ class Page:
             raise FileNotFoundError("chromium is not installed (apt-get install chromium)")
         self.timeout = timeout
         self.errors: list[str] = []
+        self.requests: list[str] = []
         self._profile = tempfile.mkdtemp(prefix="cerberus-chromium-")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
@@ -51,9 +53,7 @@ class Page:
 
         flags = ["--headless", "--remote-debugging-pipe", f"--user-data-dir={self._profile}",
                  "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
-                 "--hide-scrollbars", f"--window-size={width},{height}",
-                 # WebGL (plotly's parallel coordinates) on the CPU: there is no GPU in CI.
-                 "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+                 "--hide-scrollbars", f"--window-size={width},{height}"]
         if os.geteuid() == 0:
             flags.append("--no-sandbox")  # Chromium's sandbox refuses to run as root
         self._proc = subprocess.Popen([binary, *flags, "about:blank"], preexec_fn=pipes_as_fd_3_and_4,
@@ -68,7 +68,7 @@ class Page:
         try:
             target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
             self._session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-            for domain in ("Page", "Runtime", "Log"):
+            for domain in ("Page", "Runtime", "Log", "Network"):
                 self.call(f"{domain}.enable", session=True)
             self.call("Emulation.setDeviceMetricsOverride",
                       {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=True)
@@ -109,6 +109,8 @@ class Page:
         elif method == "Runtime.exceptionThrown":
             details = params["exceptionDetails"]
             self.errors.append("exception: " + details.get("exception", {}).get("description", details["text"]))
+        elif method == "Network.requestWillBeSent":
+            self.requests.append(params["request"]["url"])
         elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
             self.errors.append(f"log ({params['entry']['source']}): {params['entry']['text']}")
 

@@ -75,3 +75,16 @@ def postgres_url() -> str:
     yield f"postgresql://postgres@127.0.0.1:{port}/cerberus"
     run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """(folder, storage URL, study name) of a real two-trial smoke search, made once for the
+    tests that only look at a finished study (report, export, dashboard)."""
+    folder = tmp_path_factory.mktemp("smoke")
+    shutil.copytree(ROOT / "search", folder / "search")
+    storage, study = "sqlite:///studies/smoke.db", "demo"
+    r = cli("run", "--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu", "--trials", "2",
+            "--seed", "2", "--study", study, "--storage", storage, cwd=folder)
+    assert r.returncode == 0, r.stderr
+    return folder, storage, study

@@ -78,13 +78,13 @@ def _make(state: TrialState, params: dict, dists: dict, attrs: dict, curve: dict
     return t
 
 
-def search(n: int, seed: int = 0, workers: int = 4) -> list[FrozenTrial]:
+def search(n: int, seed: int = 0, workers: int = 4, archs: int = 40) -> list[FrozenTrial]:
     """``n`` trials of a search on ``workers`` machines working side by side: a third over
     budget, a third cut by the pruner, a few diverged or failed, the course ResNet-24 once."""
     rng = random.Random(seed)
-    # A few dozen architectures, measured once (60 ms each), stand for the thousands a search samples.
+    # ``archs`` architectures, measured once (60 ms each), stand for the thousands a search samples.
     pool = {Arch(tuple(rng.randint(1, 5) for _ in range(s)), tuple(rng.choice(WIDTHS) for _ in range(s)))
-            for s in rng.choices((3, 4), k=min(n, 40))} | {Arch((5, 5, 5, 5), (320,) * 4)}
+            for s in rng.choices((3, 4), k=archs)} | {Arch((5, 5, 5, 5), (320,) * 4)}
     fits = sorted((a for a in pool if _size(a)[0] <= BUDGET), key=str)
     over = sorted((a for a in pool if _size(a)[0] > BUDGET), key=str)
     clock = {f"gpu{w}:100{w}": dt.datetime(2026, 1, 1) for w in range(workers)}
