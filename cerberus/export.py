@@ -11,9 +11,12 @@ sampled Optuna parameter (Optuna's own naming, as in ``Study.trials_dataframe``)
 trial did not complete (:func:`cerberus.study.end_reason`: over_budget, pruned, diverged for
 PRUNED; interrupted, out_of_memory, error, worker_died for FAIL). ``val_accuracy`` is the objective of a
 completed trial; ``last_val_accuracy`` the last per-epoch value any trained trial reported.
-``blocks`` and ``widths`` are comma-joined (``3,5,3``) so every format holds them alike;
+``blocks`` and ``widths`` are JSON lists (``[3,5,3]``): a string in every format, which no
+reader mistakes for a number (a one-stage ``1`` would be);
 ``config`` is the trial's whole Config as JSON (``Config.from_json`` reads it back).
-``test_accuracy`` and ``worker`` come from user attrs of those names when a trial has them.
+``params`` is the parameter count; ``params_<name>`` are sampled values. ``test_accuracy``
+(written by ``cerberus-search train``: the mean over its seeds) and ``worker`` come from the
+user attrs of those names, where a trial has them.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 FORMATS = ("csv", "parquet", "json")
+DATES = ["datetime_start", "datetime_complete"]  # readers of csv and json must be told these are dates
 COLUMNS = ("trial", "state", "reason", "val_accuracy", "last_val_accuracy", "test_accuracy", "params", "flops",
            "stages", "blocks", "widths", "epochs", "train_seconds", "images_per_s", "device", "worker",
            "datetime_start", "datetime_complete", "duration_s", "config")
@@ -45,7 +49,7 @@ def frame(study: optuna.Study) -> pd.DataFrame:
     rows = [_row(t) for t in trials]
     names = sorted({p for t in trials for p in t.params})
     df = pd.DataFrame(rows, columns=[*COLUMNS, *(f"params_{p}" for p in names)])
-    for col in ("datetime_start", "datetime_complete"):
+    for col in DATES:
         df[col] = pd.to_datetime(df[col])
     return df
 
@@ -64,8 +68,8 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
         "params": a.get("params"),
         "flops": a.get("flops"),
         "stages": len(arch["blocks"]) if "blocks" in arch else None,
-        "blocks": ",".join(map(str, arch["blocks"])) if "blocks" in arch else None,
-        "widths": ",".join(map(str, arch["widths"])) if "widths" in arch else None,
+        "blocks": _list(arch.get("blocks")),
+        "widths": _list(arch.get("widths")),
         "epochs": a.get("epochs"),
         "train_seconds": a.get("train_seconds"),
         "images_per_s": a.get("images_per_s"),
@@ -77,6 +81,10 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
         "config": json.dumps(a["config"], sort_keys=True) if "config" in a else None,
         **{f"params_{k}": v for k, v in t.params.items()},
     }
+
+
+def _list(values: list[int] | None) -> str | None:
+    return None if values is None else json.dumps(list(values), separators=(",", ":"))
 
 
 def check_format(fmt: str) -> None:
@@ -91,11 +99,20 @@ def check_format(fmt: str) -> None:
 
 
 def write(df: pd.DataFrame, path: Path, fmt: str) -> None:
-    """``df`` to ``path`` in ``fmt``; ``pandas.read_<fmt>`` reads it back (json: ``orient="records"``)."""
+    """``df`` to ``path`` in ``fmt``, every float to its last digit. pandas reads it back as
+    the same frame with::
+
+        pd.read_csv(path, parse_dates=DATES)
+        pd.read_parquet(path)
+        df = pd.read_json(path, precise_float=True); df[DATES] = df[DATES].apply(pd.to_datetime)
+
+    json is a list of one object per trial, dates in ISO 8601, empty cells ``null``.
+    """
     if fmt == "csv":
         df.to_csv(path, index=False)
     elif fmt == "parquet":
         df.to_parquet(path, index=False)
-    else:
-        df.to_json(path, orient="records", date_format="iso", date_unit="us", indent=1)
+    else:  # not DataFrame.to_json: it rounds floats to 10 digits
+        records = df.astype(object).where(df.notna(), None).to_dict("records")
+        path.write_text(json.dumps(records, indent=1, default=lambda ts: ts.isoformat(timespec="microseconds")), encoding="utf-8")
 

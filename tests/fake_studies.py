@@ -42,7 +42,7 @@ def trial(number: int, *, ending: str = "complete", arch: Arch | None = None, rn
     optimizer, lr = rng.choice(OPTIMIZERS), math.exp(rng.uniform(math.log(1e-4), math.log(1.0)))
     config = Config(arch, Recipe(optimizer=optimizer, lr=lr, epochs=EPOCHS, augment=Augment(crop_padding=4, flip=True)))
     params = {"stages": stages, "optimizer": optimizer, "lr": lr}
-    dists = {"stages": CategoricalDistribution((3, 4)), "optimizer": CategoricalDistribution(OPTIMIZERS),
+    dists = {"stages": CategoricalDistribution((1, 2, 3, 4)), "optimizer": CategoricalDistribution(OPTIMIZERS),
              "lr": FloatDistribution(1e-4, 1.0, log=True)}
     for i, (b, w) in enumerate(zip(arch.blocks, arch.widths), 1):
         params[f"blocks_{i}"], dists[f"blocks_{i}"] = b, IntDistribution(1, 5)
