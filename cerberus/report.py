@@ -203,9 +203,17 @@ def _importances(study: optuna.Study, trials: list[FrozenTrial]) -> go.Figure | 
     varied = sorted(p for p in common if len({repr(t.params[p]) for t in done}) > 1)
     if not varied:
         return "No parameter sampled by every completed trial took more than one value yet."
-    from optuna.visualization import plot_param_importances
+    import plotly.graph_objects as go
 
-    return plot_param_importances(study, params=varied, target_name="validation accuracy")
+    # The bars are drawn here: plot_param_importances spends seconds per parameter on its hover
+    # text for a study of thousands of trials (it copies every trial for each), the ranking itself
+    # takes a tenth of a second.
+    ranked = sorted(optuna.importance.get_param_importances(study, params=varied).items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[v for _, v in ranked], y=[k for k, _ in ranked], orientation="h",
+                           text=[f"{v:.2f}" if v >= 0.01 else "<0.01" for _, v in ranked], textposition="outside",
+                           hovertemplate="%{y}: %{x:.3f}<extra></extra>", marker={"color": "#636efa"}))
+    return fig.update_layout(xaxis={"title": "importance (sums to 1)"}, yaxis={"title": "parameter"},
+                             height=max(300, 60 + 28 * len(ranked)))
 
 
 def _parallel(study: optuna.Study, trials: list[FrozenTrial]) -> go.Figure | str:
@@ -340,8 +348,10 @@ def _budgets(trials: list[FrozenTrial]) -> dict[int, str]:
 
 
 def _arch(t: FrozenTrial) -> Arch | None:
+    # Straight from the stored dict: Config.from_dict's type checks cost a second per 2,000 trials.
     try:
-        return Config.from_dict(t.user_attrs["config"]).arch
+        a = t.user_attrs["config"]["arch"]
+        return Arch(tuple(a["blocks"]), tuple(a["widths"]), a["conv_kernel"], a["skip_kernel"], a["pool"])
     except (KeyError, TypeError, ValueError):
         return None
 
