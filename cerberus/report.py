@@ -60,7 +60,7 @@ def count(trials: list[FrozenTrial]) -> Counts:
         if t.state == TrialState.COMPLETE:
             c.complete += 1
         elif t.state == TrialState.PRUNED:
-            c.pruned[t.user_attrs.get("reason", "other")] += 1
+            c.pruned[t.user_attrs.get("reason") or "other"] += 1  # a retry clears it to None
         elif t.state == TrialState.FAIL:
             c.failed[end_reason(t)] += 1
         else:  # RUNNING or WAITING: a live study
@@ -74,9 +74,9 @@ def render(study: optuna.Study, storage: str = "") -> str:
 
     trials = study.get_trials(deepcopy=False)
     counts = count(trials)
+    top = f'<div class="top">{_section("Trials", _counts_table(counts))}{_section("Best configuration", _best_table(study))}</div>'
     sections = [
-        _section("Trials", _counts_table(counts)),
-        _section("Best configuration", _best_table(study)),
+        top,
         _plot_section("Optimization history", "history", _history, study, trials,
                       "Validation accuracy of each completed trial, and the best so far."),
         _plot_section("Validation accuracy vs parameters", "pareto", _accuracy_vs_params, study, trials,
@@ -142,19 +142,25 @@ def _best_table(study: optuna.Study) -> str:
         ("trial", t.number), ("validation accuracy", f"{t.value:.4f}"), ("parameters", f"{a.get('params', 0):,}"),
         ("MFLOPs per image", f"{a.get('flops', 0) / 1e6:,.1f}"), ("epochs", a.get("epochs")),
         ("train seconds", _num(a.get("train_seconds"))), ("images/s", _num(a.get("images_per_s"))),
-        ("device", a.get("device")),
+        ("device", a.get("device")), ("worker", a.get("worker")),
     ]
     if "test_accuracy" in a:
         rows.append(("test accuracy", f"{a['test_accuracy']:.4f}"))
     config = Config.from_dict(a["config"]).to_dict()
-    for part in ("arch", "recipe"):
-        for key, value in config[part].items():
-            if isinstance(value, dict):  # recipe.augment
-                rows += [(f"augment.{k}", v) for k, v in value.items()]
-            else:
-                rows.append((f"{part}.{key}", ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value))
+    augment = config["recipe"].pop("augment")
+    # One row per part keeps the table beside the counts; export has every value to the last digit.
+    rows += [("architecture", _fields(config["arch"])), ("recipe", _fields(config["recipe"])), ("augment", _fields(augment))]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f'<table class="best">{body}</table>'
+
+
+def _fields(values: dict[str, Any]) -> str:
+    def show(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return ",".join(map(show, v))
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return " \u00b7 ".join(f"{k} {show(v)}" for k, v in values.items())
 
 
 def _num(x: float | None) -> str:
@@ -369,7 +375,8 @@ h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin: 1.
 .meta, .caption { color: #666; margin: 0.2em 0; } .note { color: #8a6d00; font-style: italic; }
 .banner { background: #fff4d6; border: 1px solid #e0c060; padding: 0.6em 1em; }
 table { border-collapse: collapse; } th, td { padding: 2px 12px 2px 0; text-align: left; font-size: 0.92em; }
-th { font-weight: 600; color: #444; } td { font-variant-numeric: tabular-nums; }
-section:nth-of-type(1), section:nth-of-type(2) { display: inline-block; vertical-align: top; margin-right: 4em; }
+th { font-weight: 600; color: #444; white-space: nowrap; vertical-align: top; }
+td { font-variant-numeric: tabular-nums; } table.best td { max-width: 38em; }
+.top { display: flex; flex-wrap: wrap; column-gap: 4em; }
 .plot { border: 1px solid #eee; }
 """
