@@ -26,6 +26,16 @@ def cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_cli(*args: str) -> int:
+    """The command line in this process, for checks that need no fresh process (a subprocess
+    spends seconds importing torch): its exit code; output goes to pytest's capsys."""
+    from cerberus.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    return e.value.code
+
+
 def popen(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "cerberus", *args], cwd=cwd, env=env,

@@ -8,23 +8,15 @@ import pytest
 
 import fake_studies
 from cerberus import export
-from cerberus.cli import main
 from cerberus.config import Arch
 from cerberus.study import end_reason
-from conftest import cli
+from conftest import cli, run_cli
 
 READ = {
     "csv": lambda p: pd.read_csv(p, parse_dates=export.DATES),
     "json": lambda p: pd.read_json(p, precise_float=True).assign(**{d: lambda df, d=d: pd.to_datetime(df[d]) for d in export.DATES}),
     "parquet": pd.read_parquet,
 }
-
-
-def run_cli(*args):
-    """The command line in this process (a subprocess costs seconds of imports): its exit code."""
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    return e.value.code
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import chromium
 import fake_studies
 from cerberus import report
-from conftest import cli
+from conftest import cli, run_cli
 
 PLOTS = ("history", "pareto", "importances", "parallel", "curves", "timeline")
 # Per plot: its size, whether plotly drew its SVG, its traces and the marks (lines, points, bars) in them.
@@ -46,11 +46,11 @@ def test_report_of_a_smoke_study_renders_in_headless_chromium(smoke_study):
         assert [u for u in tab.requests if not u.startswith(("file:", "data:"))] == []  # opens offline
     assert [p["id"] for p in plots] == [f"plot-{name}" for name in PLOTS]
     for p in plots:
-        assert p["width"] > 300 and p["height"] > 300 and p["svg"] > 0 and p["traces"] > 0 and p["marks"] > 0, p
+        assert p["width"] > 600 and p["height"] >= 300 and p["svg"] > 0 and p["traces"] > 0 and p["marks"] > 0, p
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", png[16:24])
-    assert width == 1280 and height > 6 * 460  # the whole page: six plots of 460 px
+    assert width == 1280 and height > sum(p["height"] for p in plots)  # the whole page, not the window
     print(f"screenshot: {shot}")
 
 
@@ -121,10 +121,12 @@ def test_an_unrecorded_budget_is_shown_as_the_default():
     (("--study", "nope"), "no study named 'nope' in sqlite:///studies/smoke.db; studies there: demo"),
     (("--out", "search"), "--out search is a folder; give a file name"),
 ])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(smoke_study, args, message):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(smoke_study, args, message, monkeypatch, capsys):
     folder, storage, study = smoke_study
+    monkeypatch.chdir(folder)
     files = lambda: sorted(p for p in folder.rglob("*") if not p.name.endswith(("-wal", "-shm")))  # noqa: E731
     before = files()
-    r = cli("report", "--study", study, "--storage", storage, *args, cwd=folder)
-    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert run_cli("report", "--study", study, "--storage", storage, *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert files() == before
