@@ -207,7 +207,6 @@ def best(
     console.print(table)
 
 
-
 @app.command()
 def report(
     study: Study = DEFAULT_STUDY,
@@ -264,6 +263,7 @@ def dashboard(
     stores.load_study(study, storage)  # refuses a study that is not there
     dashboards.serve(stores.open_storage(storage, create=False), study, host, port,
                      lambda url: typer.echo(f"optuna-dashboard of study {study!r} ({storage}), read-only: {url}  (Ctrl-C stops it)"))
+
 
 def _augment_text(aug: dict) -> str:
     parts = []

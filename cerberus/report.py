@@ -9,9 +9,11 @@ Contract of :func:`render`:
   that says what is missing; a study whose trials were all pruned says so at the top.
 * It only reads the study.
 
-Plots come from ``optuna.visualization`` where Optuna draws them (history, importances,
-parallel coordinates, learning curves, timeline); accuracy against parameter count is drawn
-here because it needs cerberus' user attrs (``params``, the budget, the architecture).
+Plots come from ``optuna.visualization`` where Optuna draws what is wanted fast enough
+(history, parallel coordinates, learning curves). Drawn here: accuracy against parameter
+count (it needs cerberus' user attrs: ``params``, the budget, the architecture), the timeline
+(one lane per worker, where Optuna's has one per trial) and the importances (Optuna's ranking,
+without its plot's hover text, which costs seconds per parameter on thousands of trials).
 plotly is imported inside functions: a machine that only runs searches need not have it.
 """
 
