@@ -1,4 +1,5 @@
-"""``cerberus-search`` (also ``python -m cerberus``): run a search, read its best, retrain it, count a net.
+"""``cerberus-search`` (also ``python -m cerberus``): run a search, read its best, retrain it,
+report, export or browse a study, count a net or time its training.
 
 Bad input of any kind ends in one line on stderr and exit code 2, before any work is done.
 """
@@ -242,6 +243,64 @@ def best(
     if not console.is_terminal:
         console.width = 200  # a pipe or a log file: do not squeeze the table to 80 columns
     console.print(table)
+
+
+@app.command()
+def report(
+    study: Study = DEFAULT_STUDY,
+    storage: Storage = DEFAULT_STORAGE,
+    out: Annotated[Optional[Path], typer.Option(help="HTML file to write; default studies/<study>/report.html (the study's folder).")] = None,
+) -> None:
+    """One self-contained HTML page of the study: plots, trial counts, the best configuration."""
+    from cerberus import outfile
+    from cerberus import report as reports
+    from cerberus import storage as stores
+
+    optuna_study = stores.load_study(study, storage)
+    path = out or stores.artifact_dir(storage, study) / "report.html"
+    outfile.check_writable(path)
+    page = reports.render(optuna_study, storage)
+    outfile.write_atomic(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    typer.echo(f"report of study {study!r} ({len(optuna_study.get_trials(deepcopy=False))} trials) written to {path}")
+
+
+@app.command()
+def export(
+    study: Study = DEFAULT_STUDY,
+    storage: Storage = DEFAULT_STORAGE,
+    fmt: Annotated[str, typer.Option("--format", help="csv, parquet (needs pyarrow) or json.")] = "csv",
+    out: Annotated[Optional[Path], typer.Option(help="File to write; default studies/<study>/trials.<format>.")] = None,
+) -> None:
+    """One row per trial (state, reason, parameters, size, accuracy, timing, worker) as csv, parquet or json."""
+    from cerberus import export as exports
+    from cerberus import outfile
+    from cerberus import storage as stores
+
+    exports.check_format(fmt)
+    optuna_study = stores.load_study(study, storage)
+    path = out or stores.artifact_dir(storage, study) / f"trials.{fmt}"
+    outfile.check_writable(path)
+    df = exports.frame(optuna_study)
+    outfile.write_atomic(path, lambda tmp: exports.write(df, tmp, fmt))
+    typer.echo(f"{len(df)} trials of study {study!r} written to {path}")
+
+
+@app.command()
+def dashboard(
+    study: Study = DEFAULT_STUDY,
+    storage: Storage = DEFAULT_STORAGE,
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 8080,
+    host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+) -> None:
+    """optuna-dashboard on the study's storage, read-only, until Ctrl-C."""
+    from cerberus import dashboard as dashboards
+    from cerberus import storage as stores
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be 0..65535, got {port}")
+    stores.load_study(study, storage)  # refuses a study that is not there
+    dashboards.serve(stores.open_storage(storage, create=False), study, host, port,
+                     lambda url: typer.echo(f"optuna-dashboard of study {study!r} ({storage}), read-only: {url}  (Ctrl-C stops it)"))
 
 
 def _augment_text(aug: dict) -> str:

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
+import socket
 import threading
 import warnings
 from collections.abc import Callable
@@ -57,6 +59,9 @@ OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "latency": "minimize
 ALLOWED_OBJECTIVES = ("accuracy", "accuracy,params", "accuracy,latency")
 OVER_BUDGET, PRUNED, DIVERGED = "over_budget", "pruned", "diverged"  # PRUNED trials
 INTERRUPTED, OUT_OF_MEMORY, ERROR, WORKER_DIED = "interrupted", "out_of_memory", "error", "worker_died"  # FAIL
+# This process, as the user attr ``worker`` of every trial it runs (the report's timeline lanes):
+# the pid keeps two runs on one machine apart, the host name workers on different machines.
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 MAX_REJECTIONS_IN_A_ROW = 1000  # a feasible space that the sampler still cannot hit
 # What a finished trial records about how it ended; a retry, which inherits them, clears them.
 OUTCOME_ATTRS = ("reason", "error", "epochs", "train_seconds", "step_seconds", "images_per_s", "resumed_epochs")
@@ -191,7 +196,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
             trial.set_user_attr("origin", trial.number)
         origin = trial.user_attrs["origin"]
         size = measure(config.arch)
-        _set_attrs(trial, config=config.to_dict(), params=size.params, flops=size.flops)
+        _set_attrs(trial, config=config.to_dict(), params=size.params, flops=size.flops, worker=WORKER)
         if "params" not in trial.constraints:  # a retry inherits it
             trial.set_constraint("params", size.params - opts.max_params)
         if size.params > opts.max_params:
@@ -270,7 +275,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
         state["failed_in_a_row"] = 0
         if is_trained(trial):
             state["trained"] += 1
-            accuracy = trial.values[0] if trial.state == TrialState.COMPLETE else _last_accuracy(trial)
+            accuracy = trial.values[0] if trial.state == TrialState.COMPLETE else last_accuracy(trial)
             reporter.finished(trial.number, reason or "complete", accuracy, trial.user_attrs["params"],
                               trial.user_attrs.get("train_seconds", 0.0))
         if count_trained(study) >= opts.trials:
@@ -333,7 +338,8 @@ def _set_attrs(trial: optuna.Trial, **attrs: Any) -> None:
         trial.set_user_attr(key, value)
 
 
-def _last_accuracy(trial: FrozenTrial) -> float | None:
+def last_accuracy(trial: FrozenTrial) -> float | None:
+    """The last per-epoch validation accuracy a trial recorded (reported, or kept in ``val_history``)."""
     steps, history = trial.intermediate_values, trial.user_attrs.get("val_history")
     if steps:
         return steps[max(steps)]

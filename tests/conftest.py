@@ -26,6 +26,16 @@ def cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_cli(*args: str) -> int:
+    """The command line in this process, for checks that need no fresh process (a subprocess
+    spends seconds importing torch): its exit code; output goes to pytest's capsys."""
+    from cerberus.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    return e.value.code
+
+
 def popen(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "cerberus", *args], cwd=cwd, env=env,
@@ -75,3 +85,16 @@ def postgres_url() -> str:
     yield f"postgresql://postgres@127.0.0.1:{port}/cerberus"
     run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """(folder, storage URL, study name) of a real two-trial smoke search, made once for the
+    tests that only look at a finished study (report, export, dashboard)."""
+    folder = tmp_path_factory.mktemp("smoke")
+    shutil.copytree(ROOT / "search", folder / "search")
+    storage, study = "sqlite:///studies/smoke.db", "demo"
+    r = cli("run", "--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu", "--trials", "2",
+            "--seed", "2", "--study", study, "--storage", storage, cwd=folder)
+    assert r.returncode == 0, r.stderr
+    return folder, storage, study
