@@ -299,8 +299,10 @@ def dashboard(
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be 0..65535, got {port}")
     stores.load_study(study, storage)  # refuses a study that is not there
-    dashboards.serve(stores.open_storage(storage, create=False), study, host, port,
-                     lambda url: typer.echo(f"optuna-dashboard of study {study!r} ({storage}), read-only: {url}  (Ctrl-C stops it)"))
+    with _sigint_flag() as stop:
+        dashboards.serve(stores.open_storage(storage, create=False), study, host, port,
+                         lambda url: typer.echo(f"optuna-dashboard of study {study!r} ({storage}), read-only: {url}  (Ctrl-C stops it)"),
+                         stop)
 
 
 def _augment_text(aug: dict) -> str:

@@ -13,6 +13,7 @@ Contract of :func:`serve`:
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -44,9 +45,11 @@ class _Quiet(WSGIRequestHandler):
 
 
 def serve(storage: optuna.storages.BaseStorage, study: str, host: str, port: int,
-          announce: Callable[[str], None]) -> None:
+          announce: Callable[[str], None], stop: threading.Event) -> None:
     """Serve the dashboard of ``storage`` on ``host:port``; ``announce`` gets the study's URL
-    once the socket is listening. Returns when Ctrl-C stops it."""
+    once the socket is listening. Returns on KeyboardInterrupt, or within half a second of
+    ``stop`` being set (Ctrl-C's flag: the interrupt itself is lost when it lands in a
+    finaliser that garbage collection runs)."""
     import optuna_dashboard
 
     app = read_only(optuna_dashboard.wsgi(storage))
@@ -57,8 +60,10 @@ def serve(storage: optuna.storages.BaseStorage, study: str, host: str, port: int
     bound_port = server.server_address[1]
     study_id = storage.get_study_id_from_name(study)
     announce(f"http://{host}:{bound_port}/dashboard/studies/{study_id}")
+    server.timeout = 0.5
     try:
-        server.serve_forever()
+        while not stop.is_set():
+            server.handle_request()
     except KeyboardInterrupt:
         pass
     finally:

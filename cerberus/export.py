@@ -44,6 +44,10 @@ COLUMNS = ("trial", "state", "reason", "val_accuracy", "last_val_accuracy", "tes
            "datetime_start", "datetime_complete", "duration_s", "config")
 
 
+FLOATS = ("val_accuracy", "last_val_accuracy", "test_accuracy", "latency_ms", "train_seconds", "step_seconds",
+          "images_per_s", "duration_s")
+
+
 def frame(study: optuna.Study) -> pd.DataFrame:
     """The study's trials, one row each, in trial order, with :data:`COLUMNS` then ``params_*``."""
     import pandas as pd
@@ -55,6 +59,8 @@ def frame(study: optuna.Study) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=[*COLUMNS, *(f"params_{p}" for p in names)])
     for col in DATES:
         df[col] = pd.to_datetime(df[col])
+    for col in FLOATS:  # a column no trial filled is still a number column, as every reader reads it back
+        df[col] = pd.to_numeric(df[col]).astype(float)
     return df
 
 

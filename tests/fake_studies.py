@@ -32,8 +32,7 @@ def _size(arch: Arch) -> tuple[int, int]:
 
 
 def trial(number: int, *, ending: str = "complete", arch: Arch | None = None, rng: random.Random | None = None,
-          worker: str = "host:1", start: dt.datetime | None = None, budget: int = BUDGET,
-          test_accuracy: float | None = None) -> FrozenTrial:
+          worker: str = "host:1", start: dt.datetime | None = None, budget: int = BUDGET) -> FrozenTrial:
     """One trial as ``run`` leaves it. ``ending`` is ``complete``, ``over_budget``, ``pruned``,
     ``diverged``, ``error`` (FAIL with reason) or ``worker_died`` (FAIL without one)."""
     rng = rng or random.Random(number)
@@ -58,8 +57,6 @@ def trial(number: int, *, ending: str = "complete", arch: Arch | None = None, rn
     curve = {e: ceiling * (1 - math.exp(-(e + 1) / 4)) for e in range(1, epochs + 1)}
     seconds = 20.0 * epochs
     attrs.update(epochs=epochs, train_seconds=seconds, images_per_s=45_000 * epochs / seconds, device="NVIDIA H100")
-    if test_accuracy is not None:
-        attrs["test_accuracy"] = test_accuracy
     state, value = TrialState.COMPLETE, curve[epochs]
     if ending != "complete":
         state, value = (TrialState.PRUNED if ending in ("pruned", "diverged") else TrialState.FAIL), None

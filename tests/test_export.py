@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import fake_studies
-from cerberus import export
+from cerberus import export, final
 from cerberus.config import Arch
 from cerberus.study import end_reason
 from conftest import cli, run_cli
@@ -23,10 +23,12 @@ READ = {
 def fake_db(tmp_path_factory):
     """A SQLite study with every way a trial ends, a one-stage net and a trial `train` has tested."""
     trials = fake_studies.search(24, seed=4, archs=8)
-    trials += [fake_studies.trial(24, arch=Arch((1,), (32,))), fake_studies.trial(25, test_accuracy=0.9123),
+    trials += [fake_studies.trial(24, arch=Arch((1,), (32,))), fake_studies.trial(25),
                fake_studies.trial(26, ending="diverged")]
     url = f"sqlite:///{tmp_path_factory.mktemp('export') / 'fake.db'}"
-    return url, fake_studies.create(url, "fake", trials)
+    study = fake_studies.create(url, "fake", trials)
+    final.record(study, 25, {"test_accuracy": 0.9123, "test_accuracy_std": 0.001, "test_seeds": 3, "epochs": 15})
+    return url, study
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
@@ -45,8 +47,8 @@ def test_export_round_trips_through_pandas(fake_db, tmp_path, fmt):
         assert row["params"] == a["params"] and row["flops"] == a["flops"] and row["worker"] == a["worker"]
         assert json.loads(row["blocks"]) == a["config"]["arch"]["blocks"]
         assert json.loads(row["widths"]) == a["config"]["arch"]["widths"]
-        assert _value(row["val_accuracy"]) == (t.value if t.state.name == "COMPLETE" else None)
-        assert _value(row["test_accuracy"]) == a.get("test_accuracy")
+        assert _value(row["val_accuracy"]) == (t.values[0] if t.state.name == "COMPLETE" else None)
+        assert _value(row["test_accuracy"]) == (0.9123 if t.number == 25 else None)
         assert _value(row["epochs"]) == a.get("epochs") and _value(row["images_per_s"]) == a.get("images_per_s")
         assert {k[len("params_"):]: v for k, v in row.items() if k.startswith("params_") and _value(v) is not None} == t.params
     assert back["reason"].value_counts().to_dict().keys() >= {"over_budget", "pruned", "diverged", "error", "worker_died"}
