@@ -80,10 +80,22 @@ class Size(NamedTuple):
 
 def measure(arch: Arch) -> Size:
     """Exact parameter count and FLOPs per image of ``ResNet(arch)``, without any weights."""
-    with torch.device("meta"):
-        model = ResNet(arch).eval()
-        x = torch.empty(1, 3, 32, 32)
-    params = sum(p.numel() for p in model.parameters())
+    model = _meta_model(arch)
     with FlopCounterMode(display=False) as counter:
-        model(x)
-    return Size(params, counter.get_total_flops())
+        model(torch.empty(1, 3, 32, 32, device="meta"))
+    return Size(_params(model), counter.get_total_flops())
+
+
+def count_params(arch: Arch) -> int:
+    """``measure(arch).params`` without the FLOP count, about ten times faster (a few ms), for
+    code that sizes many architectures."""
+    return _params(_meta_model(arch))
+
+
+def _meta_model(arch: Arch) -> ResNet:
+    with torch.device("meta"):
+        return ResNet(arch).eval()
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
