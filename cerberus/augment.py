@@ -159,7 +159,7 @@ def _warp(x: torch.Tensor, name: str, magnitude: torch.Tensor) -> torch.Tensor:
     ``affine_grid`` takes, per image, the map from output to input in coordinates where the
     image spans [-1, 1] both ways, so the top-left corner is (-1, -1) and a pixel is 2 / W wide.
     """
-    n, _, h, w = x.shape
+    h, w = x.shape[2:]
     one, zero = torch.ones_like(magnitude), torch.zeros_like(magnitude)
     if name == "rotate":
         angle = torch.deg2rad(MAX_ROTATE * magnitude)

@@ -78,24 +78,19 @@ class Size(NamedTuple):
     flops: int  # forward FLOPs for one 32x32 image, as torch's FlopCounterMode counts them
 
 
+def count_params(arch: Arch) -> int:
+    """``measure(arch).params`` without counting FLOPs: a few milliseconds, ten times faster,
+    for code that sizes many architectures."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in ResNet(arch).parameters())
+
+
 def measure(arch: Arch) -> Size:
     """Exact parameter count and FLOPs per image of ``ResNet(arch)``, without any weights."""
-    model = _meta_model(arch)
-    with FlopCounterMode(display=False) as counter:
-        model(torch.empty(1, 3, 32, 32, device="meta"))
-    return Size(_params(model), counter.get_total_flops())
-
-
-def count_params(arch: Arch) -> int:
-    """``measure(arch).params`` without the FLOP count, about ten times faster (a few ms), for
-    code that sizes many architectures."""
-    return _params(_meta_model(arch))
-
-
-def _meta_model(arch: Arch) -> ResNet:
     with torch.device("meta"):
-        return ResNet(arch).eval()
-
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+        model = ResNet(arch).eval()
+        x = torch.empty(1, 3, 32, 32)
+    params = sum(p.numel() for p in model.parameters())
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return Size(params, counter.get_total_flops())

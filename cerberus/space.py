@@ -18,7 +18,8 @@ The Optuna parameter of a key has the key's name (``lr``, ``blocks_2``), and a k
 sampled where it acts: ``momentum`` for sgd and nesterov, ``milestones`` for the step
 schedule, ``agc_clip`` for adadelta_agc, ``warmup`` for cosine and step, ``cutout_length`` when there are cutout holes.
 Every violation is a :class:`~cerberus.errors.UserError` naming the file, the table, the key
-and what is allowed.
+and what is allowed. :func:`sample_archs` and :func:`rejected_fraction` tell how much of a
+space a parameter budget rejects.
 """
 
 from __future__ import annotations
@@ -319,6 +320,13 @@ def _parse_range(table: dict, rule: Rule, where: str) -> Range:
     return Range(low, high, log=log, step=step, integer=rule.kind is int)
 
 
+def replace_epochs(config: Config, epochs: int | None) -> Config:
+    """``--epochs`` overrides what the space chose."""
+    if epochs is None:
+        return config
+    return dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, epochs=epochs))
+
+
 def sample_archs(space: Space, n: int, seed: int = 0) -> list[Arch]:
     """The architectures of ``n`` configurations drawn as a search's random start-up trials
     draw them: ``Space.sample`` under Optuna's RandomSampler, in memory."""
@@ -330,10 +338,3 @@ def rejected_fraction(archs: list[Arch], max_params: int, params: Callable[[Arch
     """The share of ``archs`` with more than ``max_params`` parameters (``params`` counts them;
     pass a cached count to size many repeats once)."""
     return sum(params(a) > max_params for a in archs) / len(archs)
-
-
-def replace_epochs(config: Config, epochs: int | None) -> Config:
-    """``--epochs`` overrides what the space chose."""
-    if epochs is None:
-        return config
-    return dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, epochs=epochs))
