@@ -1,10 +1,11 @@
+import warnings
 from pathlib import Path
 
 import optuna
 import pytest
 
 from cerberus import space as spaces
-from cerberus.config import Arch, Augment, Config, Recipe
+from cerberus.config import COURSE, Arch, Augment, Config, Recipe
 from cerberus.errors import UserError
 from cerberus.model import count_params, measure
 
@@ -38,6 +39,19 @@ def test_default_space_rejects_under_a_fifth_of_random_architectures():
     archs = spaces.sample_archs(spaces.load(ROOT / "search/default.toml"), 1000, seed=0)
     share = spaces.rejected_fraction(archs, 5_000_000)
     assert 0 < share < 0.20  # most draws train, and the largest still reach past the budget
+
+
+def test_default_space_holds_the_course_configuration():
+    """So that a search can start from the course project's configuration (epochs aside)."""
+    params = {"stages": 3, "blocks_1": 3, "blocks_2": 5, "blocks_3": 3, "widths_1": 64, "widths_2": 128,
+              "widths_3": 256, "skip_kernel": 1, "optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4,
+              "schedule": "step", "warmup": 0.0, "batch_size": 128, "label_smoothing": 0.0, "tta_flip": False,
+              "rotation": 10.0, "cutout_holes": 1, "cutout_length": 8, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
+              "trivial_augment": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # FixedTrial only warns of a value outside a range or choice
+        config = spaces.load(ROOT / "search/default.toml").sample(optuna.trial.FixedTrial(params))
+    assert spaces.replace_epochs(config, COURSE.recipe.epochs) == COURSE
 
 
 def test_seed_space_pins_the_course_recipe():
