@@ -217,8 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     table = pairs(epochs[0])
     chosen = [p for p in args.pairs.split(",") if p] or list(table)
     unknown = [p for p in chosen if p not in table]
-    if unknown or args.seeds < 1 or args.trials < 1:
-        print(f"--pairs takes {', '.join(table)}; --seeds and --trials integers >= 1", file=sys.stderr)
+    if unknown:
+        print(f"--pairs: unknown pair {unknown[0]!r}; allowed: {', '.join(table)}", file=sys.stderr)
+        return 2
+    if args.seeds < 1 or args.trials < 1:
+        print(f"--seeds {args.seeds} --trials {args.trials}: both must be integers >= 1", file=sys.stderr)
         return 2
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
