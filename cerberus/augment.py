@@ -11,8 +11,21 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from cerberus.config import Augment
+
+# TrivialAugmentWide (Mueller and Hutter, 2021) as torchvision defines it: 14 operations and 31
+# magnitude bins. The magnitude of an operation at bin b is b / 30 of its largest, below.
+TRIVIAL_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness",
+               "color", "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
+TRIVIAL_BINS = 31
+MAX_SHEAR = 0.99  # shear factor (tan of the angle)
+MAX_TRANSLATE = 32.0  # pixels
+MAX_ROTATE = 135.0  # degrees
+MAX_ENHANCE = 0.99  # brightness, color, contrast, sharpness: a factor of 1 +- this
+MIN_BITS = 2  # posterize keeps 8 down to this many bits
+_GRAY = (0.2989, 0.587, 0.114)  # torchvision's RGB-to-grayscale weights
 
 
 def crop(x: torch.Tensor, padding: int) -> torch.Tensor:
@@ -71,8 +84,112 @@ def mix(x: torch.Tensor, y: torch.Tensor, mixup_alpha: float, cutmix_alpha: floa
     return x, lam * y + (1 - lam) * y[perm]
 
 
-def apply(x: torch.Tensor, y: torch.Tensor, aug: Augment) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole training-time pipeline for one batch: ``y`` is one-hot (or soft) labels."""
+def trivial_augment(x: torch.Tensor) -> torch.Tensor:
+    """TrivialAugmentWide on a batch of RGB images in [0, 1]: each image gets one operation of
+    :data:`TRIVIAL_OPS` at one of :data:`TRIVIAL_BINS` magnitudes, uniformly at random, with a
+    random sign where the operation has one.
+
+    The batch is shuffled and cut into one equal group per operation (sizes differ by at most
+    one), so every operation runs once, on its own images only, with shapes known in advance:
+    no host sync and no loop over images. Each image's operation is still uniform; only the
+    counts per batch are balanced instead of drawn."""
+    n = x.shape[0]
+    level = torch.randint(0, TRIVIAL_BINS, (n,), device=x.device).to(x.dtype) / (TRIVIAL_BINS - 1)
+    sign = torch.randint(0, 2, (n,), device=x.device).to(x.dtype) * 2 - 1
+    magnitude = level * sign
+    out = torch.empty_like(x)
+    for name, idx in zip(TRIVIAL_OPS, torch.tensor_split(torch.randperm(n, device=x.device), len(TRIVIAL_OPS))):
+        if len(idx):
+            out[idx] = trivial_op(name, x[idx], magnitude[idx])
+    return out
+
+
+def trivial_op(name: str, x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """Operation ``name`` of :data:`TRIVIAL_OPS` on RGB images in [0, 1], image ``i`` at
+    ``magnitude[i]`` in [-1, 1], a signed fraction of the operation's largest magnitude
+    (posterize and solarize ignore the sign; identity, autocontrast and equalize the whole).
+    Each matches torchvision's functional op as TrivialAugmentWide calls it: nearest-pixel
+    sampling and black fill, shears about the top-left corner, rotations about the centre."""
+    mag = magnitude.to(x.dtype).view(-1, 1, 1, 1)
+    factor = 1 + MAX_ENHANCE * mag
+    if name == "identity":
+        return x
+    if name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate"):
+        return _warp(x, name, magnitude.to(x.dtype))
+    if name == "brightness":
+        return _blend(x, torch.zeros_like(x), factor)
+    if name == "color":
+        return _blend(x, _gray(x), factor)
+    if name == "contrast":
+        return _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), factor)
+    if name == "sharpness":
+        return _blend(x, _smoothed(x), factor)
+    if name == "posterize":
+        levels = 2 ** (8 - torch.round(mag.abs() * (8 - MIN_BITS)))
+        return (x * levels).floor().clamp(max=levels - 1) / levels
+    if name == "solarize":
+        return torch.where(x >= 1 - mag.abs(), 1 - x, x)
+    if name == "autocontrast":
+        return TF.autocontrast(x)
+    if name == "equalize":
+        return TF.equalize(x)
+    raise ValueError(f"unknown operation {name!r}; allowed: {', '.join(TRIVIAL_OPS)}")
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (factor * x + (1 - factor) * other).clamp(0, 1)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (x * x.new_tensor(_GRAY).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def _smoothed(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's sharpness reference: a 3x3 smoothing inside, the 1-pixel border as it was."""
+    c = x.shape[1]
+    kernel = x.new_tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]).div(13).expand(c, 1, 3, 3)
+    out = x.clone()
+    out[..., 1:-1, 1:-1] = F.conv2d(x, kernel, groups=c)
+    return out
+
+
+def _warp(x: torch.Tensor, name: str, magnitude: torch.Tensor) -> torch.Tensor:
+    """A geometric operation, one affine map per image.
+
+    ``affine_grid`` takes, per image, the map from output to input in coordinates where the
+    image spans [-1, 1] both ways, so the top-left corner is (-1, -1) and a pixel is 2 / W wide.
+    """
+    h, w = x.shape[2:]
+    one, zero = torch.ones_like(magnitude), torch.zeros_like(magnitude)
+    if name == "rotate":
+        angle = torch.deg2rad(MAX_ROTATE * magnitude)
+        cos, sin = angle.cos(), angle.sin()
+        rows = [[cos, -sin * h / w, zero], [sin * w / h, cos, zero]]
+    elif name.startswith("shear"):
+        # x_in = x_out + s * (y_out - top); in these units the y offset scales by h / w
+        s = MAX_SHEAR * magnitude
+        rows = ([[one, s * h / w, s * h / w], [zero, one, zero]] if name == "shear_x"
+                else [[one, zero, zero], [s * w / h, one, s * w / h]])
+    else:
+        shift = torch.trunc(MAX_TRANSLATE * magnitude)  # whole pixels, as torchvision
+        rows = ([[one, zero, -2 * shift / w], [zero, one, zero]] if name == "translate_x"
+                else [[one, zero, zero], [zero, one, -2 * shift / h]])
+    theta = torch.stack([torch.stack(row, 1) for row in rows], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def apply(x: torch.Tensor, y: torch.Tensor, aug: Augment, mean: torch.Tensor,
+          std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole training-time pipeline for one batch of images in [0, 1], normalised on the
+    way (``(x - mean) / std``); ``y`` is one-hot (or soft) labels.
+
+    TrivialAugment acts before normalising, because its colour operations are defined on
+    [0, 1] images; the rest after, so crop padding, rotation fill and cutout are the mean colour.
+    """
+    if aug.trivial_augment:
+        x = trivial_augment(x)
+    x = (x - mean) / std
     if aug.crop_padding:
         x = crop(x, aug.crop_padding)
     if aug.flip:

@@ -71,7 +71,8 @@ class Augment:
     """Training-time augmentation; every field at its zero value switches that part off.
 
     Cutout and mixup (or cutmix) combine when both are on. With both mixup and cutmix on,
-    each batch uses one of them, chosen with equal chance.
+    each batch uses one of them, chosen with equal chance. ``trivial_augment`` gives every
+    image one TrivialAugmentWide operation (Mueller and Hutter, 2021) before the rest.
     """
 
     crop_padding: int = 0
@@ -81,6 +82,7 @@ class Augment:
     cutout_length: int = 8
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
+    trivial_augment: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ The Optuna parameter of a key has the key's name (``lr``, ``blocks_2``), and a k
 sampled where it acts: ``momentum`` for sgd and nesterov, ``milestones`` for the step
 schedule, ``agc_clip`` for adadelta_agc, ``warmup`` for cosine and step, ``cutout_length`` when there are cutout holes.
 Every violation is a :class:`~cerberus.errors.UserError` naming the file, the table, the key
-and what is allowed.
+and what is allowed. :func:`sample_archs` and :func:`rejected_fraction` tell how much of a
+space a parameter budget rejects.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import optuna
 
 from cerberus.config import OPTIMIZERS, SCHEDULES, Arch, Augment, Config, Recipe
 from cerberus.errors import UserError
+from cerberus.model import count_params
 
 Scalar = Union[bool, int, float, str, tuple]
 MAX_STAGES = 6  # 32x32 halves to 1x1 at the sixth stage
@@ -135,6 +137,7 @@ AUGMENT_RULES = {
     "cutout_length": _rule(int, lambda v: 1 <= v <= 32, "integers 1..32"),
     "mixup_alpha": _rule(float, lambda v: v >= 0, "numbers >= 0 (0 = off)"),
     "cutmix_alpha": _rule(float, lambda v: v >= 0, "numbers >= 0 (0 = off)"),
+    "trivial_augment": _rule(bool, lambda v: True, "true or false"),
 }
 TABLES = {"arch": ARCH_RULES, "recipe": RECIPE_RULES, "augment": AUGMENT_RULES}
 PER_STAGE = ("blocks", "widths")
@@ -394,3 +397,16 @@ def replace_epochs(config: Config, epochs: int | None) -> Config:
     if epochs is None:
         return config
     return dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, epochs=epochs))
+
+
+def sample_archs(space: Space, n: int, seed: int = 0) -> list[Arch]:
+    """The architectures of ``n`` configurations drawn as a search's random start-up trials
+    draw them: ``Space.sample`` under Optuna's RandomSampler, in memory."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [space.sample(study.ask()).arch for _ in range(n)]
+
+
+def rejected_fraction(archs: list[Arch], max_params: int, params: Callable[[Arch], int] = count_params) -> float:
+    """The share of ``archs`` with more than ``max_params`` parameters (``params`` counts them;
+    pass a cached count to size many repeats once)."""
+    return sum(params(a) > max_params for a in archs) / len(archs)

@@ -94,8 +94,8 @@ class Trainer:
 
     def step(self, idx: torch.Tensor) -> torch.Tensor:
         recipe, train = self.recipe, self.train
-        x = ((train.images[idx].float() / 255) - self.mean) / self.std
-        x, y = augment.apply(x, self.eye[train.labels[idx]], recipe.augment)
+        x, y = augment.apply(train.images[idx].float() / 255, self.eye[train.labels[idx]], recipe.augment,
+                             self.mean, self.std)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.cuda):
             logits = self.forward(x.contiguous(memory_format=self.memory_format))
             loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)

@@ -1,11 +1,13 @@
+import warnings
 from pathlib import Path
 
 import optuna
 import pytest
 
 from cerberus import space as spaces
-from cerberus.config import Arch, Augment, Config, Recipe
+from cerberus.config import COURSE, Arch, Augment, Config, Recipe
 from cerberus.errors import UserError
+from cerberus.model import count_params, measure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +30,30 @@ def test_config_json_refuses_unknown_keys_and_wrong_types():
         Config.from_dict({**good, "arch": {**good["arch"], "pool": "global"}})
 
 
+def test_count_params_is_measures_count():
+    for arch in spaces.sample_archs(spaces.load(ROOT / "search/default.toml"), 5, seed=3):
+        assert count_params(arch) == measure(arch).params
+
+
+def test_default_space_rejects_under_a_fifth_of_random_architectures():
+    archs = spaces.sample_archs(spaces.load(ROOT / "search/default.toml"), 1000, seed=0)
+    share = spaces.rejected_fraction(archs, 5_000_000)
+    assert 0 < share < 0.20  # most draws train, and the largest still reach past the budget
+
+
+def test_default_space_holds_the_course_configuration():
+    """So that a search can start from the course project's configuration (epochs aside)."""
+    params = {"stages": 3, "blocks_1": 3, "blocks_2": 5, "blocks_3": 3, "widths_1": 64, "widths_2": 128,
+              "widths_3": 256, "skip_kernel": 1, "optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4,
+              "schedule": "step", "warmup": 0.0, "batch_size": 128, "label_smoothing": 0.0, "tta_flip": False,
+              "rotation": 10.0, "cutout_holes": 1, "cutout_length": 8, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
+              "trivial_augment": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # FixedTrial only warns of a value outside a range or choice
+        config = spaces.load(ROOT / "search/default.toml").sample(optuna.trial.FixedTrial(params))
+    assert spaces.replace_epochs(config, COURSE.recipe.epochs) == COURSE
+
+
 def test_seed_space_pins_the_course_recipe():
     (config,) = sample(spaces.load(ROOT / "search/seed.toml"), 1)
     assert config == Config(
@@ -40,7 +66,7 @@ def test_seed_space_pins_the_course_recipe():
     assert [m * 200 for m in config.recipe.milestones] == [80, 150]
 
 
-def test_samples_respect_the_space_and_conditions():
+def test_default_samples_stay_inside_the_space():
     space = spaces.load(ROOT / "search/default.toml")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(100):
@@ -48,10 +74,38 @@ def test_samples_respect_the_space_and_conditions():
         c = space.sample(trial)
         assert len(c.arch.blocks) in (3, 4)
         assert all(1 <= b <= 5 for b in c.arch.blocks)
+        assert f"blocks_{len(c.arch.blocks)}" in trial.params
+        study.tell(trial, 0.0)
+
+
+CONDITIONAL = """[arch]
+stages = 1
+blocks = 1
+widths = 8
+[recipe]
+optimizer = ["sgd", "nesterov", "adamw", "adadelta_agc"]
+momentum = { low = 0.8, high = 0.95 }
+schedule = ["cosine", "step", "onecycle"]
+milestones = [[0.5, 0.75], [0.3, 0.6]]
+agc_clip = [0.01, 0.02]
+warmup = [0.0, 0.1]
+[augment]
+cutout_holes = [0, 1]
+cutout_length = [8, 16]
+"""
+
+
+def test_a_key_is_sampled_only_where_it_acts(tmp_path):
+    space = spaces.load(write(tmp_path, CONDITIONAL))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(100):
+        trial = study.ask()
+        c = space.sample(trial)
         assert ("momentum" in trial.params) == (c.recipe.optimizer in ("sgd", "nesterov"))
         assert ("milestones" in trial.params) == (c.recipe.schedule == "step")
+        assert ("agc_clip" in trial.params) == (c.recipe.optimizer == "adadelta_agc")
+        assert ("warmup" in trial.params) == (c.recipe.schedule != "onecycle")
         assert ("cutout_length" in trial.params) == (c.recipe.augment.cutout_holes > 0)
-        assert f"blocks_{len(c.arch.blocks)}" in trial.params
         study.tell(trial, 0.0)
 
 
@@ -73,6 +127,7 @@ BASE = '[arch]\nstages = 2\nblocks = 1\nwidths = 8\n'
     (BASE + '[recipe]\nepochs = "ten"\n', r"\[recipe\] epochs: 'ten' is not allowed; allowed: integers >= 1"),
     (BASE + "[recipe]\nbatch_size = 12.5\n", r"\[recipe\] batch_size: 12.5 is not allowed"),
     (BASE + "[augment]\nflip = 1\n", r"\[augment\] flip: 1 is not allowed; allowed: true or false"),
+    (BASE + '[augment]\ntrivial_augment = "wide"\n', r"\[augment\] trivial_augment: 'wide' is not allowed; allowed: true or false"),
     (BASE + "[training]\n", r"unknown table \[training\]; allowed: \[arch\], \[recipe\], \[augment\]"),
     ("[arch]\nstages = [2, 3]\nblocks_1 = 1\nblocks_2 = 1\nwidths = 8\n", r"\[arch\] blocks: missing for stage 3"),
     (BASE + "blocks_5 = 2\n", r"\[arch\] blocks_5: stage 5 does not exist"),

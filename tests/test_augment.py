@@ -1,0 +1,119 @@
+"""TrivialAugmentWide on batches: each operation equals torchvision's, the batch op draws them
+uniformly, and the pipeline normalises after it."""
+
+import math
+
+import pytest
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from cerberus import augment
+from cerberus.config import Arch, Augment, Config, Recipe
+from cerberus.data import Split
+from cerberus.train import Trainer
+
+NEAREST = InterpolationMode.NEAREST
+
+
+def torchvision_op(image: torch.Tensor, name: str, m: float) -> torch.Tensor:
+    """What torchvision's TrivialAugmentWide does for operation ``name`` at signed fraction ``m``."""
+    shear = math.degrees(math.atan(augment.MAX_SHEAR * m))
+    shift = int(augment.MAX_TRANSLATE * m)
+    affine = dict(angle=0.0, scale=1.0, interpolation=NEAREST, fill=None)
+    factor = 1 + augment.MAX_ENHANCE * m
+    return {
+        "identity": lambda: image,
+        "shear_x": lambda: TF.affine(image, translate=[0, 0], shear=[shear, 0.0], center=[0, 0], **affine),
+        "shear_y": lambda: TF.affine(image, translate=[0, 0], shear=[0.0, shear], center=[0, 0], **affine),
+        "translate_x": lambda: TF.affine(image, translate=[shift, 0], shear=[0.0, 0.0], **affine),
+        "translate_y": lambda: TF.affine(image, translate=[0, shift], shear=[0.0, 0.0], **affine),
+        "rotate": lambda: TF.rotate(image, augment.MAX_ROTATE * m, interpolation=NEAREST, fill=None),
+        "brightness": lambda: TF.adjust_brightness(image, factor),
+        "color": lambda: TF.adjust_saturation(image, factor),
+        "contrast": lambda: TF.adjust_contrast(image, factor),
+        "sharpness": lambda: TF.adjust_sharpness(image, factor),
+        "posterize": lambda: TF.posterize(image, 8 - round(abs(m) * (8 - augment.MIN_BITS))),
+        "solarize": lambda: TF.solarize(image, 1.0 - abs(m)),
+        "autocontrast": lambda: TF.autocontrast(image),
+        "equalize": lambda: TF.equalize(image),
+    }[name]()
+
+
+def images(n: int) -> torch.Tensor:
+    """Smooth random images in [0, 1], so that geometric ops move visible structure."""
+    return torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8), size=32, mode="bilinear")
+
+
+@pytest.mark.parametrize("name", augment.TRIVIAL_OPS)
+def test_each_operation_equals_torchvisions_at_every_magnitude(name):
+    torch.manual_seed(0)
+    x = images(4)
+    for level in range(0, augment.TRIVIAL_BINS, 3):  # 0, 3, ..., 30: both ends and between
+        for sign in (1, -1):
+            m = sign * level / (augment.TRIVIAL_BINS - 1)
+            mine = augment.trivial_op(name, x, torch.full((4,), m))
+            torch.testing.assert_close(mine, torchvision_op(x, name, m), atol=1e-6, rtol=0, msg=f"{name} at {m}")
+
+
+def test_each_image_keeps_its_own_magnitude():
+    x = images(2)
+    mine = augment.trivial_op("rotate", x, torch.tensor([0.5, -0.2]))
+    torch.testing.assert_close(mine[1:], torchvision_op(x[1:], "rotate", -0.2))
+
+
+def test_trivial_augment_keeps_shape_and_range_and_changes_most_images():
+    torch.manual_seed(0)
+    x = images(140)
+    out = augment.trivial_augment(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert out.min() >= 0 and out.max() <= 1
+    changed = (out - x).abs().flatten(1).amax(1) > 1e-6
+    # identity (1 in 14) and the zero-magnitude bins leave an image as it was; the rest move it
+    assert 0.75 < changed.float().mean() < 1
+
+
+def test_trivial_augment_is_deterministic_under_a_seed():
+    x = images(64)
+    torch.manual_seed(5)
+    a = augment.trivial_augment(x)
+    torch.manual_seed(5)
+    b = augment.trivial_augment(x)
+    torch.manual_seed(6)
+    c = augment.trivial_augment(x)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_trivial_augment_has_no_host_sync():
+    # The meta device has no data: anything that reads values on the host (nonzero, item, a
+    # boolean-mask index) fails there, so running through is proof there is none.
+    x = torch.empty(64, 3, 32, 32, device="meta")
+    with pytest.raises(NotImplementedError):
+        torch.nonzero(x > 0)  # the probe itself: a sync does fail on meta
+    assert augment.trivial_augment(x).shape == x.shape
+
+
+def test_trivial_augment_works_on_batches_smaller_than_the_number_of_operations():
+    torch.manual_seed(0)
+    assert augment.trivial_augment(images(3)).shape == (3, 3, 32, 32)
+
+
+def test_apply_normalises_after_trivial_augment():
+    torch.manual_seed(0)
+    x, y = images(16), torch.eye(10)[torch.arange(16) % 10]
+    mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)
+    plain, _ = augment.apply(x, y, Augment(), mean, std)
+    torch.testing.assert_close(plain, (x - mean) / std)
+    torch.manual_seed(1)
+    out, labels = augment.apply(x, y, Augment(trivial_augment=True), mean, std)
+    torch.manual_seed(1)
+    torch.testing.assert_close(out, (augment.trivial_augment(x) - mean) / std)
+    assert torch.equal(labels, y)
+
+
+def test_a_training_step_runs_with_trivial_augment():
+    images_u8 = (images(64) * 255).to(torch.uint8)
+    train = Split(images_u8, torch.arange(64) % 10)
+    config = Config(Arch((1,), (8,)), Recipe(batch_size=32, augment=Augment(crop_padding=4, flip=True, trivial_augment=True)))
+    trainer = Trainer(config, train, torch.device("cpu"))
+    assert all(torch.isfinite(trainer.step(idx)) for idx in trainer.batches())
