@@ -65,7 +65,7 @@ SEED_NOISE = 0.25  # points, of the final accuracy between training seeds
 
 def final_accuracy(config: Config) -> float:
     """Expected validation accuracy (percent) of ``config`` after its epochs; CHANCE if it diverges."""
-    r, a = config.recipe, config.recipe.augment
+    r = config.recipe
     acc = 92.5 - 2.2 * math.log2(BUDGET / _params(config.arch))  # halving the net costs 2.2 points
     acc -= 0.15 * max(0, sum(config.arch.blocks) - 10)  # very deep nets are slow to train in few epochs
     over = _lr_excess(config)

@@ -117,27 +117,14 @@ def run(
 def _known_configs(search_space, space: Path, enqueue_seed: bool | None, files: list[Path]) -> list:  # type: ignore[no-untyped-def]
     """(config, label) pairs to queue: the course project's unless switched off (by default only
     for the default space), then each file's; every one is checked against the space now."""
-    from cerberus.config import COURSE, Config
+    from cerberus.config import COURSE, read_configs
 
     if enqueue_seed is None:
         enqueue_seed = space.resolve() == (Path("search") / "default.toml").resolve()
     known = [(COURSE, "seed")] if enqueue_seed else []
     for path in files:
-        try:
-            loaded = json.loads(path.read_text())
-        except OSError as e:
-            raise UserError(f"--enqueue {path}: cannot read it ({e.strerror})") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"--enqueue {path}: not JSON ({e.msg} at line {e.lineno})") from None
-        items = loaded if isinstance(loaded, list) else [loaded]
-        for i, item in enumerate(items):
-            if isinstance(item, dict) and "config" in item:  # a `best --json` row
-                item = item["config"]
-            try:
-                config = Config.from_dict(item)
-            except (ValueError, TypeError) as e:
-                raise UserError(f"--enqueue {path}: {e}; expected a configuration as `best --json` prints it") from None
-            known.append((config, f"{path.name}#{i}" if len(items) > 1 else path.name))
+        configs = read_configs(path, "--enqueue")
+        known += [(c, f"{path.name}#{i}" if len(configs) > 1 else path.name) for i, c in enumerate(configs)]
     for config, label in known:
         try:
             search_space.params_for(config)
@@ -319,6 +306,8 @@ def _augment_text(aug: dict) -> str:
         parts.append(f"mixup{aug['mixup_alpha']:g}")
     if aug["cutmix_alpha"]:
         parts.append(f"cutmix{aug['cutmix_alpha']:g}")
+    if aug["trivial_augment"]:
+        parts.append("trivialaugment")
     return " ".join(parts) or "none"
 
 
@@ -333,6 +322,19 @@ def _int_list(option: str, text: str, minimum: int = 1) -> tuple[int, ...]:
     return values
 
 
+def _arch(blocks: str, channels: str, conv_kernel: int, skip_kernel: int, pool: int):  # type: ignore[no-untyped-def]
+    """The architecture that ``count`` and ``bench`` are given on the command line."""
+    from cerberus.config import Arch
+
+    b, c = _int_list("--blocks", blocks), _int_list("--channels", channels)
+    if len(b) != len(c):
+        raise UserError(f"--blocks has {len(b)} stages but --channels has {len(c)}; give one value per stage to each")
+    try:
+        return Arch(b, c, conv_kernel, skip_kernel, pool)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 @app.command()
 def count(
     blocks: Annotated[str, typer.Option(help="BasicBlocks per stage, e.g. 3,5,3.")],
@@ -344,21 +346,14 @@ def count(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Parameters and FLOPs per image of one architecture, and whether it fits the budget."""
-    from cerberus.config import Arch
     from cerberus.model import measure
 
-    b, c = _int_list("--blocks", blocks), _int_list("--channels", channels)
-    if len(b) != len(c):
-        raise UserError(f"--blocks has {len(b)} stages but --channels has {len(c)}; give one value per stage to each")
-    try:
-        arch = Arch(b, c, conv_kernel, skip_kernel, pool)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    arch = _arch(blocks, channels, conv_kernel, skip_kernel, pool)
     size = measure(arch)
     fits = size.params <= max_params
     if as_json:
         typer.echo(json.dumps({"params": size.params, "flops": size.flops, "fits": fits, "max_params": max_params,
-                               "depth": arch.depth, "arch": {"blocks": list(b), "widths": list(c), "conv_kernel": conv_kernel,
+                               "depth": arch.depth, "arch": {"blocks": list(arch.blocks), "widths": list(arch.widths), "conv_kernel": conv_kernel,
                                                             "skip_kernel": skip_kernel, "pool": pool}}))
         return
     verdict = "fits" if fits else "does NOT fit"
@@ -386,15 +381,8 @@ def bench(
     """Training speed of one architecture: images/s, FLOPs, MFU against a matmul peak measured now, peak memory."""
     from cerberus import bench as benches
     from cerberus import study as studies
-    from cerberus.config import Arch
 
-    b, c = _int_list("--blocks", blocks), _int_list("--channels", channels)
-    if len(b) != len(c):
-        raise UserError(f"--blocks has {len(b)} stages but --channels has {len(c)}; give one value per stage to each")
-    try:
-        arch = Arch(b, c, conv_kernel, skip_kernel, pool)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    arch = _arch(blocks, channels, conv_kernel, skip_kernel, pool)
     options = benches.Options(batch_size, steps, warmup, studies.resolve_device(device), data, data_dir, baseline, compile)
     typer.echo(f"bench: ResNet-{arch.depth} on {options.device}, {warmup} warm-up + {steps} timed steps"
                f"{' and the same for the baseline loop' if baseline else ''}", err=True)

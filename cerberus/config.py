@@ -14,8 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
+
+from cerberus.errors import UserError, read_text
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "adadelta", "adadelta_agc")
 SCHEDULES = ("cosine", "step", "onecycle")
@@ -137,6 +140,26 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> Config:
         return cls.from_dict(json.loads(text))
+
+
+def read_configs(path: Path, option: str) -> list[Config]:
+    """The configurations in JSON file ``path``: a Config object (``config.json``,
+    ``Config.to_json``), a row of ``best --json`` (an object whose ``config`` is one), or a list
+    of either. Every problem is a UserError that names ``option`` and the file."""
+    text = read_text(path, f"{option} {path}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{option} {path} is not JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    configs = []
+    for item in data if isinstance(data, list) else [data]:
+        if isinstance(item, dict) and "config" in item:
+            item = item["config"]
+        try:
+            configs.append(Config.from_dict(item))
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{option} {path}: {e} (a Config object with arch and recipe, or a `best --json` row)") from None
+    return configs
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

@@ -43,7 +43,7 @@ import optuna
 import torch
 
 from cerberus import data as datasets
-from cerberus.config import Config
+from cerberus.config import Config, read_configs
 from cerberus.errors import UserError
 from cerberus.model import measure
 from cerberus.space import replace_epochs
@@ -98,25 +98,11 @@ def from_trial(study: optuna.Study, number: int) -> Source:
 def from_file(path: Path) -> Source:
     """A configuration from JSON: a Config object (``config.json``, ``Config.to_json``), a row of
     ``best --json`` (an object whose ``config`` is one), or that command's list holding one row."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"--config {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"--config {path} cannot be read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"--config {path} is not JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    if isinstance(data, list):
-        if len(data) != 1:
-            raise UserError(f"--config {path} holds a list of {len(data)} rows; keep one row of `best --json` "
-                            f"(or one Config object)")
-        data = data[0]
-    if isinstance(data, dict) and "config" in data:
-        data = data["config"]
-    try:
-        config = Config.from_dict(data)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"--config {path}: {e} (a Config object with arch and recipe, or a `best --json` row)") from None
+    configs = read_configs(path, "--config")
+    if len(configs) != 1:
+        raise UserError(f"--config {path} holds a list of {len(configs)} rows; keep one row of `best --json` "
+                        f"(or one Config object)")
+    config = configs[0]
     return Source(config, config_file=str(path))
 
 

@@ -77,21 +77,18 @@ def render(study: optuna.Study, storage: str = "") -> str:
     trials = study.get_trials(deepcopy=False)
     counts = count(trials)
     top = f'<div class="top">{_section("Trials", _counts_table(counts))}{_section("Best configuration", _best_table(study))}</div>'
-    sections = [
-        top,
-        _plot_section("Optimization history", "history", _history, study, trials,
-                      "Validation accuracy of each completed trial, and the best so far."),
-        _plot_section("Validation accuracy vs parameters", "pareto", _accuracy_vs_params, study, trials,
-                      "Trained trials; the Pareto front is the most accurate completed trial at or under each size."),
-        _plot_section("Hyperparameter importances", "importances", _importances, study, trials,
-                      "PED-ANOVA importances (Optuna's default) over the completed trials."),
-        _plot_section("Parallel coordinates", "parallel", _parallel, study, trials,
-                      "Completed trials: each line is one trial's sampled parameters and its accuracy."),
-        _plot_section("Learning curves", "curves", _curves, study, trials,
-                      "Validation accuracy per epoch as reported to the pruner; pruned trials dotted and grey."),
-        _plot_section("Timeline", "timeline", _timeline, study, trials,
-                      "When each trial ran, coloured by how it ended."),
-    ]
+    sections = [top, *(_plot_section(title, slug, draw, study, trials, caption) for title, slug, draw, caption in (
+        ("Optimization history", "history", _history, "Validation accuracy of each completed trial, and the best so far."),
+        ("Validation accuracy vs parameters", "pareto", _accuracy_vs_params,
+         "Trained trials; the Pareto front is the most accurate completed trial at or under each size."),
+        ("Hyperparameter importances", "importances", _importances,
+         "PED-ANOVA importances (Optuna's default) over the completed trials."),
+        ("Parallel coordinates", "parallel", _parallel,
+         "Completed trials: each line is one trial's sampled parameters and its accuracy."),
+        ("Learning curves", "curves", _curves,
+         "Validation accuracy per epoch (as reported to the pruner); pruned trials dotted and grey."),
+        ("Timeline", "timeline", _timeline, "When each trial ran, coloured by how it ended."),
+    ))]
     title = f"cerberus study {study.study_name}"
     generated = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     where = f" in <code>{html.escape(storage)}</code>" if storage else ""

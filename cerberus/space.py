@@ -35,7 +35,7 @@ from typing import Any, Union
 import optuna
 
 from cerberus.config import OPTIMIZERS, SCHEDULES, Arch, Augment, Config, Recipe
-from cerberus.errors import UserError
+from cerberus.errors import UserError, read_text
 from cerberus.model import count_params
 
 Scalar = Union[bool, int, float, str, tuple]
@@ -235,12 +235,10 @@ def load(path: str | Path) -> Space:
     """Read and validate a space file; every problem is a UserError naming file, table and key."""
     path = Path(path)
     name = str(path)
+    text = read_text(path, f"space file {name}",
+                     "; the shipped ones are search/default.toml, search/seed.toml, search/smoke.toml")
     try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"space file {name} does not exist; the shipped ones are search/default.toml, search/seed.toml, search/smoke.toml") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"space file {name} cannot be read: {e}") from None
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{name}: not valid TOML: {e}") from None
     unknown = sorted(set(raw) - set(TABLES))

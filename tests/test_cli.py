@@ -1,10 +1,8 @@
 """The real command line, in subprocesses, against real SQLite files."""
 
 import json
-import os
 import shutil
 import signal
-import sys
 import time
 
 import optuna
@@ -13,7 +11,7 @@ import torch
 from optuna.trial import TrialState
 
 from cerberus.config import Config
-from conftest import ROOT, cli, popen
+from conftest import cli, popen
 
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
 

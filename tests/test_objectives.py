@@ -81,8 +81,8 @@ def test_bad_enqueue_input_is_one_line_exit_2_and_changes_nothing(workdir):
     (workdir / "broken.json").write_text("{not json")
     (workdir / "wrong.json").write_text(json.dumps({"arch": {"blocks": [1]}, "recipe": {}, "colour": 1}))
     for args, words in ((["--enqueue-seed"], "--enqueue-seed: search/smoke.toml cannot express this configuration: stages = 3, the space allows 1, 2"),
-                        (["--enqueue", "missing.json"], "--enqueue missing.json: cannot read it"),
-                        (["--enqueue", "broken.json"], "--enqueue broken.json: not JSON"),
+                        (["--enqueue", "missing.json"], "--enqueue missing.json does not exist"),
+                        (["--enqueue", "broken.json"], "--enqueue broken.json is not JSON"),
                         (["--enqueue", "wrong.json"], "unknown key 'colour'")):
         r = cli("run", *SMOKE, "--trials", "1", *args, cwd=workdir)
         assert r.returncode == 2 and words in r.stderr, (args, r.stderr)
