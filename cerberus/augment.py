@@ -11,7 +11,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from cerberus.config import Augment
 
@@ -129,6 +128,10 @@ def trivial_op(name: str, x: torch.Tensor, magnitude: torch.Tensor) -> torch.Ten
         return (x * levels).floor().clamp(max=levels - 1) / levels
     if name == "solarize":
         return torch.where(x >= 1 - mag.abs(), 1 - x, x)
+    # torchvision is imported here, not above: importing it costs a second (it loads dynamo),
+    # which every command-line call would pay
+    from torchvision.transforms.v2 import functional as TF
+
     if name == "autocontrast":
         return TF.autocontrast(x)
     if name == "equalize":

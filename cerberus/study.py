@@ -34,7 +34,7 @@ import os
 import socket
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,8 @@ def enqueue(study: optuna.Study, space: Space, config: Config, label: str) -> bo
 
 
 def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
-        stop: threading.Event | None = None, splits: Callable[[], tuple[Split, Split]] | None = None) -> RunSummary:
+        stop: threading.Event | None = None, splits: Callable[[], tuple[Split, Split]] | None = None,
+        callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> RunSummary:
     """Optimise until the study holds ``opts.trials`` trained trials (or the timeout).
 
     ``stop`` is the Ctrl-C flag: a KeyboardInterrupt can vanish when it lands in a finaliser
@@ -176,7 +177,8 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
     every epoch and every trial and raises KeyboardInterrupt itself. The interrupted trial
     ends FAIL with ``reason = "interrupted"``, keeps its checkpoint and is queued again, so
     the next run resumes it. ``splits`` loads (train, validation); by default the dataset of
-    ``opts``, loaded once, when the first trial that fits the budget needs it.
+    ``opts``, loaded once, when the first trial that fits the budget needs it. ``callbacks``
+    run after each trial, after cerberus's own (a benchmark reads GPU memory there).
     """
     stop = stop or threading.Event()
     splits = functools.cache(splits or (lambda: datasets.search_splits(opts.data, opts.data_dir)))
@@ -287,7 +289,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
 
     if count_trained(study) < opts.trials:
         try:
-            study.optimize(objective, timeout=opts.timeout, callbacks=[after_trial],
+            study.optimize(objective, timeout=opts.timeout, callbacks=[after_trial, *callbacks],
                            gc_after_trial=True, catch=(Exception,))
         except KeyboardInterrupt:
             _queue_again(study, state["current"])
