@@ -20,6 +20,8 @@ to it, ``BEGIN IMMEDIATE`` lost none but was slower than this).
 from __future__ import annotations
 
 import os
+import random
+import time
 import warnings
 from pathlib import Path
 
@@ -35,6 +37,7 @@ DEFAULT_STUDY = "cerberus"
 HEARTBEAT = 10  # seconds between heartbeats of a running trial
 MAX_RETRY = 2  # a trial whose worker dies this often is not queued again
 BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for the lock
+CREATION_TRIES = 10  # opening a database that other processes are creating at the same moment
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -66,19 +69,32 @@ def open_storage(url: str, create: bool, heartbeat: int | None = None) -> optuna
             if not os.access(path.parent, os.W_OK):
                 raise UserError(f"cannot write to {path.parent}, the folder of {url}; choose another --storage")
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": BUSY_TIMEOUT}}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if heartbeat is not None:
-                kwargs.update(heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-            storage = optuna.storages.RDBStorage(url, **kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        raise UserError(f"cannot open storage {url}: {' '.join(str(e).split())[:300]}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat is not None:
+            kwargs.update(heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+        for attempt in range(CREATION_TRIES):
+            try:
+                storage = optuna.storages.RDBStorage(url, **kwargs)
+                break
+            except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+                if attempt < CREATION_TRIES - 1 and _lost_creation_race(e):
+                    time.sleep(random.uniform(0.05, 0.3))  # the winner goes on creating tables meanwhile
+                    continue
+                raise UserError(f"cannot open storage {url}: {' '.join(str(e).split())[:300]}") from None
     if path is not None:
         with storage.engine.connect() as connection:  # WAL is a property of the file: once is enough
             connection.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
+
+
+def _lost_creation_race(e: Exception) -> bool:
+    """Processes that open a new database at once (workers started together, a dashboard polling
+    a worker's fresh file) all create Optuna's tables and insert its schema version; all but one
+    fail, and find the schema complete on a second look."""
+    return isinstance(e, sqlalchemy.exc.IntegrityError) or (
+        isinstance(e, sqlalchemy.exc.DBAPIError) and "already exists" in str(e.orig))
 
 
 def load_study(name: str, url: str) -> optuna.Study:

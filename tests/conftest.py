@@ -88,6 +88,18 @@ def postgres_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def default_search(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with `search/` and a real two-trial smoke search in the default storage
+    (studies/cerberus.db, study 'cerberus'), made once; a test that changes it works on a copy."""
+    folder = tmp_path_factory.mktemp("default-search")
+    shutil.copytree(ROOT / "search", folder / "search")
+    r = cli("run", "--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu", "--trials", "2",
+            cwd=folder)
+    assert r.returncode == 0, r.stderr
+    return folder
+
+
+@pytest.fixture(scope="session")
 def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     """(folder, storage URL, study name) of a real two-trial smoke search, made once for the
     tests that only look at a finished study (report, export, dashboard)."""

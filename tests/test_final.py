@@ -51,12 +51,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
+def searched(default_search, tmp_path_factory):
     """A smoke study of two trained trials, plus trial 2: failed before it sampled, so no config."""
-    root = tmp_path_factory.mktemp("searched")
-    shutil.copytree(ROOT / "search", root / "search")
-    r = cli("run", *SMOKE, "--trials", "2", cwd=root)
-    assert r.returncode == 0, r.stderr
+    root = shutil.copytree(default_search, tmp_path_factory.mktemp("searched") / "w")
     study = load(root)
     study.tell(study.ask(), state=TrialState.FAIL)
     return root

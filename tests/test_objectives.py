@@ -12,7 +12,7 @@ from cerberus import study as studies
 from cerberus.config import COURSE, Config
 from cerberus.errors import UserError
 from cerberus.space import replace_epochs
-from conftest import ROOT, cli
+from conftest import ROOT, cli, run_cli
 
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
 
@@ -26,8 +26,8 @@ def dominated(a, b):
     return b[0] >= a[0] and b[1] <= a[1] and (b[0] > a[0] or b[1] < a[1])
 
 
-def test_accuracy_params_front_then_best_lists_it_and_other_objectives_are_refused(workdir):
-    r = cli("run", *SMOKE, "--trials", "5", "--seed", "1", "--study", "mo", "--objectives", "accuracy,params", cwd=workdir)
+def test_accuracy_params_front_then_best_lists_it_and_other_objectives_are_refused(workdir, monkeypatch, capsys):
+    r = cli("run", *SMOKE, "--trials", "4", "--seed", "1", "--study", "mo", "--objectives", "accuracy,params", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "Pareto front:" in r.stderr
     study = load(workdir, "mo")
@@ -44,49 +44,59 @@ def test_accuracy_params_front_then_best_lists_it_and_other_objectives_are_refus
     assert front and all(not dominated(f, o) for f in front for o in everyone)  # nothing beats a front member
     assert all(any(dominated(o, f) or o == f for f in front) for o in everyone)  # and the front covers the rest
     assert [row["val_accuracy"] for row in rows] == sorted((row["val_accuracy"] for row in rows), reverse=True)
-    table = cli("best", "--study", "mo", cwd=workdir)
-    assert "Pareto front of study 'mo'" in table.stdout
+    monkeypatch.chdir(workdir)  # the rest in-process: the same app, without seconds of imports
+    assert run_cli("best", "--study", "mo") == 0
+    assert "Pareto front of study 'mo'" in capsys.readouterr().out
 
     before = len(study.trials)
     for objectives, words in (("accuracy", "created with --objectives accuracy,params"),
                               ("accuracy,flops", "allowed: accuracy, accuracy,params, accuracy,latency")):
-        bad = cli("run", *SMOKE, "--trials", "9", "--study", "mo", "--objectives", objectives, cwd=workdir)
-        assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert run_cli("run", *SMOKE, "--trials", "9", "--study", "mo", "--objectives", objectives) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
     assert len(load(workdir, "mo").trials) == before
 
 
-def test_latency_objective_is_measured_on_the_device_per_trial(workdir):
-    r = cli("run", *SMOKE, "--trials", "2", "--study", "lat", "--objectives", "accuracy,latency", cwd=workdir)
-    assert r.returncode == 0, r.stderr
-    for t in load(workdir, "lat").get_trials(states=(TrialState.COMPLETE,)):
+def test_latency_objective_is_measured_on_the_device_per_trial(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)  # in this process: the same app, without seconds of imports
+    assert run_cli("run", *SMOKE, "--trials", "2", "--study", "lat", "--objectives", "accuracy,latency") == 0
+    complete = load(workdir, "lat").get_trials(states=(TrialState.COMPLETE,))
+    assert complete
+    for t in complete:
         assert t.values[1] == t.user_attrs["latency_ms"] > 0 and t.user_attrs["latency_batch"] == 256
-    rows = json.loads(cli("best", "--study", "lat", "--json", cwd=workdir).stdout)
+    capsys.readouterr()
+    assert run_cli("best", "--study", "lat", "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
     assert all(row["latency_ms"] > 0 for row in rows)
 
 
-def test_a_best_row_enqueued_from_a_file_is_trained_first_and_only_once(workdir):
-    assert cli("run", *SMOKE, "--trials", "2", "--seed", "3", "--study", "a", cwd=workdir).returncode == 0
-    row = json.loads(cli("best", "--study", "a", "--json", cwd=workdir).stdout)[0]
+def test_a_best_row_enqueued_from_a_file_is_trained_first_and_only_once(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)  # in this process but for the first `b` run: the same app, fewer imports
+    assert run_cli("run", *SMOKE, "--trials", "1", "--seed", "3", "--study", "a") == 0
+    capsys.readouterr()
+    assert run_cli("best", "--study", "a", "--json") == 0
+    row = json.loads(capsys.readouterr().out)[0]
     (workdir / "known.json").write_text(json.dumps(row))
-    for trials in ("2", "3"):  # the second run must not queue it again
-        r = cli("run", *SMOKE, "--trials", trials, "--study", "b", "--enqueue", "known.json", cwd=workdir)
-        assert r.returncode == 0, r.stderr
-    assert r.stderr.count("queued") == 0
+    r = cli("run", *SMOKE, "--trials", "2", "--study", "b", "--enqueue", "known.json", cwd=workdir)
+    assert r.returncode == 0 and "queued 1 known configuration(s)" in r.stderr, r.stderr
+    assert run_cli("run", *SMOKE, "--trials", "3", "--study", "b", "--enqueue", "known.json") == 0
+    assert "queued" not in capsys.readouterr().err  # the second run does not queue it again
     trials = load(workdir, "b").trials
     assert [t.user_attrs.get("enqueued") for t in trials] == ["known.json", None, None]
     assert Config.from_dict(trials[0].user_attrs["config"]) == Config.from_dict(row["config"])
 
 
-def test_bad_enqueue_input_is_one_line_exit_2_and_changes_nothing(workdir):
+def test_bad_enqueue_input_is_one_line_exit_2_and_changes_nothing(workdir, monkeypatch, capsys):
     (workdir / "broken.json").write_text("{not json")
     (workdir / "wrong.json").write_text(json.dumps({"arch": {"blocks": [1]}, "recipe": {}, "colour": 1}))
     for args, words in ((["--enqueue-seed"], "--enqueue-seed: search/smoke.toml cannot express this configuration: stages = 3, the space allows 1, 2"),
                         (["--enqueue", "missing.json"], "--enqueue missing.json does not exist"),
                         (["--enqueue", "broken.json"], "--enqueue broken.json is not JSON"),
                         (["--enqueue", "wrong.json"], "unknown key 'colour'")):
-        r = cli("run", *SMOKE, "--trials", "1", *args, cwd=workdir)
-        assert r.returncode == 2 and words in r.stderr, (args, r.stderr)
-        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        monkeypatch.chdir(workdir)
+        assert run_cli("run", *SMOKE, "--trials", "1", *args) == 2, args
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not (workdir / "studies" / "cerberus.db").exists()  # refused before any storage
 
 

@@ -42,19 +42,21 @@ def distinct_numbers(url: str) -> list:
 
 
 def test_run_with_workers_fills_one_study(workdir):
-    r = cli("run", *SMOKE, "--trials", "4", "--workers", "2", cwd=workdir)
+    r = cli("run", *SMOKE, "--trials", "2", "--workers", "2", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "[w0]" in r.stderr and "[w1]" in r.stderr
     trials = distinct_numbers(f"sqlite:///{workdir / 'studies' / 'cerberus.db'}")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert 4 <= len(complete) <= 5  # the other worker finishes the trial it holds
+    assert 2 <= len(complete) <= 3  # the other worker finishes the trial it holds
     assert all(t.state != TrialState.RUNNING for t in trials)
 
 
 def test_workers_on_separate_machines_share_a_postgresql_study(workdir, postgres_url):
     """Two independent `run` commands, as on two hosts, on one PostgreSQL study; then `best`."""
     args = ("run", *SMOKE, "--trials", "4", "--storage", postgres_url, "--study", "shared")
-    env = {"PYTHONPATH": str(ROOT), "PATH": ""}
+    # One intra-op thread each, as if each had its own machine's cores: two processes of two
+    # threads on two cores spend most of their time waiting for each other.
+    env = {"PYTHONPATH": str(ROOT), "PATH": "", "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "cerberus", *args], cwd=workdir, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for p in procs:
