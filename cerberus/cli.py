@@ -103,7 +103,7 @@ def run(
         raise typer.Exit(code)
     opts = studies.RunOptions(trials, max_params, epochs, studies.resolve_device(devices[0]), data,
                               str(data_dir) if data_dir else None, seed, timeout, max_failures,
-                              stores.artifact_dir(storage, study), compile, goals)
+                              stores.artifact_dir(storage, study), compile, goals, stores.grace_period(heartbeat))
     result = _run_one(studies, optuna_study, search_space, opts, lambda: splits, done, index)
     _say_where(studies, optuna_study, trials, study, storage, 0, result)
     if result.gave_up:

@@ -72,7 +72,7 @@ def open_storage(url: str, create: bool, heartbeat: int | None = None) -> optuna
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if heartbeat is not None:
-            kwargs.update(heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+            kwargs.update(heartbeat_interval=heartbeat, grace_period=grace_period(heartbeat),
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
         for attempt in range(CREATION_TRIES):
             try:
@@ -87,6 +87,11 @@ def open_storage(url: str, create: bool, heartbeat: int | None = None) -> optuna
         with storage.engine.connect() as connection:  # WAL is a property of the file: once is enough
             connection.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
+
+
+def grace_period(heartbeat: int) -> int:
+    """Seconds a running trial may stay silent before it counts as dead: three heartbeats."""
+    return 3 * heartbeat
 
 
 def _lost_creation_race(e: Exception) -> bool:

@@ -37,6 +37,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ class RunOptions:
     artifacts: Path | None = None  # the study's folder; checkpoints go in artifacts/checkpoints
     compile: bool = False  # torch.compile each trial's training forward
     objectives: tuple[str, ...] = ("accuracy",)
+    grace: float | None = None  # the storage's heartbeat grace period (seconds); None: heartbeats off
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
                 study.stop()
             return
         state["rejected_in_a_row"] = 0
+        orphans.requeue()
         if trial.state == TrialState.FAIL:
             state["failed_in_a_row"] += 1
             reporter.failed(trial.number, reason or ERROR, trial.user_attrs.get("error", ""))
@@ -288,6 +291,8 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
         if count_trained(study) >= opts.trials:
             study.stop()
 
+    orphans = _Orphans(study, opts.grace)
+    orphans.requeue()
     if count_trained(study) < opts.trials:
         # Each trial ends with two full collections (fit's release, Optuna's gc_after_trial, which
         # also catches what a failed trial's traceback held). Over torch's and Optuna's own
@@ -328,15 +333,49 @@ def _sweep_checkpoints(study: optuna.Study, artifacts: Path | None) -> None:
             path.unlink(missing_ok=True)
 
 
+class _Orphans:
+    """Queues the retry that a dying worker could not. Optuna fails a stale trial and queues its
+    retry in two writes (``fail_stale_trials``), and Ctrl-C here does the same; a worker killed
+    between the two leaves a dead trial that nobody retries (seen once in 20 SIGKILLs of two
+    workers at a time). A dead trial failed more than ``grace`` seconds ago (the second write
+    follows the first within milliseconds), with no retry run or queued, gets one, through
+    Optuna's own retry callback and its limit. Two workers that find the same orphan at the same
+    moment may both queue it: a configuration trained twice, nothing lost."""
+
+    def __init__(self, study: optuna.Study, grace: float | None) -> None:
+        self.study, self.grace = study, grace
+        self.retried: set[int] = set()  # a retry, once queued, stays in the study
+
+    def requeue(self) -> None:
+        if self.grace is None:
+            return
+        now = datetime.now()  # Optuna's timestamps are naive local time
+        dead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                if end_reason(t) in (WORKER_DIED, INTERRUPTED) and t.number not in self.retried
+                and len(t.system_attrs.get("retry_history", [])) < MAX_RETRY
+                and t.datetime_complete is not None and (now - t.datetime_complete).total_seconds() > self.grace]
+        if not dead:  # the usual case: one query of failed trials
+            return
+        self.retried |= {n for t in self.study.get_trials(deepcopy=False) for n in t.system_attrs.get("retry_history", [])}
+        for t in dead:
+            if t.number not in self.retried:
+                _retry(self.study, t)
+                self.retried.add(t.number)
+
+
+def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, copy.deepcopy(trial))
+
+
 def _queue_again(study: optuna.Study, number: int | None) -> None:
     """Queue a retry of the trial Ctrl-C stopped, as the heartbeat does for a dead worker's."""
     if number is None:
         return
     trial = study.get_trials(deepcopy=False)[number]
     if trial.state == TrialState.FAIL and trial.user_attrs.get("reason") == INTERRUPTED:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, copy.deepcopy(trial))
+        _retry(study, trial)
 
 
 def end_reason(trial: FrozenTrial) -> str | None:

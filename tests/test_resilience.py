@@ -13,6 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 from cerberus import space as spaces
+from cerberus import storage as stores
 from cerberus import study as studies
 from cerberus.data import synthetic, stratified_holdout, Split
 from cerberus.progress import Reporter
@@ -151,6 +152,34 @@ def tiny_run(tmp_path, trials, lr="0.05", **options):
     with Reporter(trials, 0) as reporter:
         result = studies.run(study, spaces.load(path), opts, reporter, splits=tiny_splits)
     return study, result
+
+
+def test_a_dead_trial_whose_retry_was_never_queued_gets_one(tmp_path):
+    """A worker killed between Optuna's two writes (fail the stale trial, queue its retry)
+    leaves a dead trial with no retry; the next worker queues it, once the grace period has
+    passed (before that, the failing worker may still be about to)."""
+    space = tmp_path / "space.toml"
+    space.write_text("[arch]\nstages = 1\nblocks = 1\nwidths = [4, 8]\n[recipe]\nepochs = 1\nbatch_size = 128\nlr = 0.05\n")
+    study = studies.create_study("t", stores.open_storage(f"sqlite:///{tmp_path / 's.db'}", create=True, heartbeat=1), seed=0)
+
+    def run(trials, grace):
+        opts = studies.RunOptions(trials=trials, max_params=10_000, artifacts=tmp_path / "artifacts", grace=grace)
+        with Reporter(trials, 0) as reporter:
+            studies.run(study, spaces.load(space), opts, reporter, splits=tiny_splits)
+        return study.get_trials(deepcopy=False)
+
+    (first,) = run(1, grace=60)
+    study.add_trial(optuna.trial.create_trial(  # what the killed worker left: FAIL, and nothing queued
+        state=TrialState.FAIL, params=first.params, distributions=first.distributions,
+        user_attrs={**first.user_attrs, "origin": 1}))
+    assert studies.end_reason(study.trials[1]) == "worker_died"
+    trials = run(2, grace=60)  # failed a moment ago: not this worker's to retry yet
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    time.sleep(0.6)
+    trials = run(3, grace=0.5)
+    (retry,) = [t for t in trials if t.system_attrs.get("retry_history") == [1]]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["config"] == first.user_attrs["config"]
+    assert run(4, grace=0.5)[-1].system_attrs.get("retry_history") is None  # queued once, not again
 
 
 def test_failing_trials_are_recorded_and_the_worker_goes_on(tmp_path, monkeypatch):
