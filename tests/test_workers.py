@@ -42,12 +42,12 @@ def distinct_numbers(url: str) -> list:
 
 
 def test_run_with_workers_fills_one_study(workdir):
-    r = cli("run", *SMOKE, "--trials", "2", "--workers", "2", cwd=workdir)
+    r = cli("run", *SMOKE, "--trials", "4", "--workers", "2", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "[w0]" in r.stderr and "[w1]" in r.stderr
     trials = distinct_numbers(f"sqlite:///{workdir / 'studies' / 'cerberus.db'}")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert 2 <= len(complete) <= 3  # the other worker finishes the trial it holds
+    assert 4 <= len(complete) <= 5  # the other worker finishes the trial it holds
     assert all(t.state != TrialState.RUNNING for t in trials)
 
 
