@@ -36,6 +36,15 @@ def run_cli(*args: str) -> int:
     return e.value.code
 
 
+def refusal(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """What a refused command prints, run in this process: it must exit 2 with exactly one line
+    on stderr (an exception instead would fail the test, as a traceback would)."""
+    code = run_cli(*args)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, (args, code, err)
+    return err
+
+
 def popen(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "cerberus", *args], cwd=cwd, env=env,

@@ -11,7 +11,7 @@ import torch
 from optuna.trial import TrialState
 
 from cerberus.config import Config
-from conftest import cli, popen, run_cli
+from conftest import cli, popen, refusal, run_cli
 
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
 
@@ -132,9 +132,7 @@ def refused(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
 
     def check(args, message):
-        assert run_cli(*args) == 2, args
-        err = capsys.readouterr().err
-        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert message in refusal(capsys, *args)
         assert not (workdir / "studies").exists()
 
     return check
@@ -178,7 +176,6 @@ def test_best_on_an_unknown_study_changes_nothing(default_search, tmp_path, monk
     db = workdir / "studies" / "cerberus.db"
     before = db.read_bytes()
     monkeypatch.chdir(workdir)
-    assert run_cli("best", "--study", "other") == 2
-    err = capsys.readouterr().err
-    assert "no study named 'other'" in err and "studies there: cerberus" in err and len(err.strip().splitlines()) == 1
+    err = refusal(capsys, "best", "--study", "other")
+    assert "no study named 'other'" in err and "studies there: cerberus" in err
     assert db.read_bytes() == before

@@ -10,7 +10,7 @@ import pytest
 import chromium
 import fake_studies
 from cerberus import report
-from conftest import cli, run_cli
+from conftest import cli, refusal
 
 PLOTS = ("history", "pareto", "importances", "parallel", "curves", "timeline")
 # Per plot: its size, whether plotly drew its SVG, its traces and the marks (lines, points, bars) in them.
@@ -125,7 +125,5 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(smoke_study, args, mess
     monkeypatch.chdir(folder)
     files = lambda: sorted(p for p in folder.rglob("*") if not p.name.endswith(("-wal", "-shm")))  # noqa: E731
     before = files()
-    assert run_cli("report", "--study", study, "--storage", storage, *args) == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert message in refusal(capsys, "report", "--study", study, "--storage", storage, *args)
     assert files() == before
