@@ -2,3 +2,5 @@
 
 Data flow, one module each: cli -> study -> space -> (model, data) -> train -> storage.
 """
+
+__version__ = "0.2.0"

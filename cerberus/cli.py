@@ -6,19 +6,17 @@ Bad input of any kind ends in one line on stderr and exit code 2, before any wor
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
+import shlex
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from cerberus import __version__, signals
 from cerberus.errors import UserError
-from cerberus.storage import DEFAULT_STORAGE, DEFAULT_STUDY
+from cerberus.storage import DEFAULT_STORAGE, DEFAULT_STUDY, check_name
 
 app = typer.Typer(
     add_completion=False,
@@ -27,7 +25,12 @@ app = typer.Typer(
     help="Find the best small ResNet for CIFAR-10 under a parameter budget, with Optuna.",
 )
 
-Study = Annotated[str, typer.Option("--study", help="Study name inside the storage.")]
+def _study_name(name: str) -> str:
+    check_name(name)
+    return name
+
+
+Study = Annotated[str, typer.Option("--study", callback=_study_name, help="Study name inside the storage (also its folder's name).")]
 Storage = Annotated[str, typer.Option("--storage", help="Optuna storage URL (SQLite file, PostgreSQL, ...).")]
 MaxParams = Annotated[int, typer.Option("--max-params", help="Parameter budget; larger architectures are rejected untrained.")]
 
@@ -37,12 +40,28 @@ def _positive(name: str, value: int | float | None) -> None:
         raise UserError(f"{name} must be positive, got {value}")
 
 
+def _hint(command: str, study: str, storage: str) -> str:
+    """A command line naming ``study`` and ``storage``, quoted so that it can be pasted."""
+    return f"cerberus-search {command} --study {shlex.quote(study)} --storage {shlex.quote(storage)}"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cerberus {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _app(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """Find the best small ResNet for CIFAR-10 under a parameter budget, with Optuna."""
+
+
 @app.command()
 def run(
     trials: Annotated[int, typer.Option(help="Stop when the study holds this many trained trials (rejected ones do not count).")] = 50,
     study: Study = DEFAULT_STUDY,
     storage: Storage = DEFAULT_STORAGE,
-    space: Annotated[Path, typer.Option(help="Search-space file (TOML).")] = Path("search/default.toml"),
+    space: Annotated[str, typer.Option(help="A shipped space by name (default, seed, smoke, ...) or a space file (TOML).")] = "default",
     max_params: MaxParams = 5_000_000,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs per trial, overriding the space.")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
@@ -56,11 +75,12 @@ def run(
     heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats; silent for 3x that, it is retried.")] = 10,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each trial's training step (pays off only for long trials; see benchmarks/RESULTS.md).")] = False,
     objectives: Annotated[str, typer.Option(help="accuracy, or a Pareto front of accuracy,params or accuracy,latency (no pruning then).")] = "accuracy",
-    enqueue_seed: Annotated[Optional[bool], typer.Option("--enqueue-seed/--no-enqueue-seed", help="Train the course project's configuration as the first trial (default: on for search/default.toml).", show_default=False)] = None,
+    enqueue_seed: Annotated[Optional[bool], typer.Option("--enqueue-seed/--no-enqueue-seed", help="Train the course project's configuration as the first trial (default: on for the default space).", show_default=False)] = None,
     enqueue: Annotated[Optional[list[Path]], typer.Option(help="JSON file of a configuration (or a list of them, or `best --json` rows) to train early; repeatable.")] = None,
 ) -> None:
     """Search: sample, budget-check, train and score trials until the study holds --trials trained ones."""
     from cerberus import data as datasets
+    from cerberus import shipped
     from cerberus import space as spaces
     from cerberus import storage as stores
     from cerberus import study as studies
@@ -74,10 +94,12 @@ def run(
     goals = studies.parse_objectives(objectives)
     devices = _worker_devices(device, gpus, workers)
     stores.sqlite_path(storage)  # the URL's syntax: cheap, so before the slower checks
-    search_space = spaces.load(space)
+    space_file = shipped.resolve(space, shipped.SPACE, "--space")
+    search_space = spaces.load(space_file)
     studies.check_budget(search_space, max_params)
     index = pool.worker_index()
-    known = [] if index is not None else _known_configs(search_space, space, enqueue_seed, enqueue or [])
+    known = [] if index is not None else _known_configs(search_space, space_file, enqueue_seed, enqueue or [])
+    studies.check_joinable(study, storage, goals)
     splits = datasets.search_splits(data, data_dir)  # a missing or broken dataset is refused here
     optuna_study = studies.create_study(study, stores.open_storage(storage, create=True, heartbeat=heartbeat),
                                         seed, worker=index or 0, objectives=goals)
@@ -87,9 +109,9 @@ def run(
     done = studies.count_trained(optuna_study)
     if index is None:
         typer.echo(f"study {study!r} in {storage}: {done} of {trials} trained trials, space {space}, budget "
-                   f"{max_params:,} params, {len(devices)} worker(s) on {', '.join(sorted(set(devices)))}", err=True)
+                   f"{max_params:,} params, {len(devices)} worker(s) on {', '.join(sorted({str(studies.resolve_device(d)) for d in devices}))}", err=True)
     if len(devices) > 1:
-        common = ["run", "--trials", str(trials), "--study", study, "--storage", storage, "--space", str(space),
+        common = ["run", "--trials", str(trials), "--study", study, "--storage", storage, "--space", str(space_file),
                   "--max-params", str(max_params), "--data", data, "--max-failures", str(max_failures),
                   "--heartbeat", str(heartbeat), "--workers", "1", "--objectives", objectives]
         for flag, value in (("--epochs", epochs), ("--data-dir", data_dir), ("--seed", seed), ("--timeout", timeout)):
@@ -107,7 +129,7 @@ def run(
     result = _run_one(studies, optuna_study, search_space, opts, lambda: splits, done, index)
     _say_where(studies, optuna_study, trials, study, storage, 0, result)
     if result.gave_up:
-        typer.echo(f"stopped: {studies.MAX_REJECTIONS_IN_A_ROW} architectures in a row were over budget; narrow the space or raise --max-params", err=True)
+        typer.echo(f"stopped: {studies.MAX_REJECTIONS_IN_A_ROW} architectures in a row were over budget or over memory; narrow the space, raise --max-params, or free memory", err=True)
         raise typer.Exit(1)
     if result.failed_out:
         typer.echo(f"stopped: {max_failures} trials failed in a row (see their 'error' attribute); fix the cause and run the same command again", err=True)
@@ -119,8 +141,8 @@ def _known_configs(search_space, space: Path, enqueue_seed: bool | None, files: 
     for the default space), then each file's; every one is checked against the space now."""
     from cerberus.config import COURSE, read_configs
 
-    if enqueue_seed is None:
-        enqueue_seed = space.resolve() == (Path("search") / "default.toml").resolve()
+    if enqueue_seed is None:  # the shipped default, or the user's copy of it
+        enqueue_seed = space.name == "default.toml"
     known = [(COURSE, "seed")] if enqueue_seed else []
     for path in files:
         configs = read_configs(path, "--enqueue")
@@ -147,19 +169,18 @@ def _worker_devices(device: str, gpus: str | None, workers: int) -> list[str]:
 
 
 def _run_one(studies, optuna_study, search_space, opts, splits, done, index):  # type: ignore[no-untyped-def]
-    """This process as one worker, with Ctrl-C turned into a clean stop (exit 130)."""
+    """This process as one worker, with Ctrl-C or SIGTERM turned into a clean stop (exit 130 or 143)."""
     from cerberus.progress import Reporter
 
-    with _sigint_flag() as stop:
-        try:
-            with Reporter(opts.trials, done, prefix="" if index is None else f"[w{index}] ") as reporter:
-                return studies.run(optuna_study, search_space, opts, reporter, stop, splits)
-        except KeyboardInterrupt:
-            if index is None:
-                left = opts.trials - studies.count_trained(optuna_study)
-                typer.echo(f"interrupted: the study holds {opts.trials - left} of {opts.trials} trained trials; "
-                           f"run the same command to train the other {left} (the stopped trial resumes from its last epoch)", err=True)
-            raise typer.Exit(130) from None
+    try:
+        with Reporter(opts.trials, done, prefix="" if index is None else f"[w{index}] ") as reporter:
+            return studies.run(optuna_study, search_space, opts, reporter, signals.STOP, splits)
+    except KeyboardInterrupt:
+        if index is None:
+            left = opts.trials - studies.count_trained(optuna_study)
+            typer.echo(f"interrupted ({signals.name()}): the study holds {opts.trials - left} of {opts.trials} trained trials; "
+                       f"run the same command to train the other {left} (the stopped trial resumes from its last epoch)", err=True)
+        raise typer.Exit(signals.exit_code()) from None
 
 
 def _say_where(studies, optuna_study, trials, study, storage, code, result=None) -> None:  # type: ignore[no-untyped-def]
@@ -167,23 +188,24 @@ def _say_where(studies, optuna_study, trials, study, storage, code, result=None)
 
     if pool.worker_index() is not None:
         return
-    if code == 130:
+    if code in pool.STOPPED:
         left = trials - studies.count_trained(optuna_study)
         typer.echo(f"interrupted: run the same command to train the other {left} trial(s)", err=True)
         return
     held = studies.count_trained(optuna_study)
     if result is not None:
-        typer.echo(f"trained {result.trained_now} trial(s) this run, rejected {result.rejected_now} over-budget "
-                   f"architecture(s); the study holds {held} of {trials} trained trials", err=True)
+        typer.echo(f"trained {result.trained_now} trial(s) this run, rejected {result.rejected_now} "
+                   f"architecture(s) untrained (over budget or memory); the study holds {held} of {trials} trained trials", err=True)
     else:
         typer.echo(f"the study holds {held} of {trials} trained trials", err=True)
     front = studies.best_trials(optuna_study)
+    see = f"(see `{_hint('best', study, storage)}`)"
     if len(front) > 1 or front and len(optuna_study.directions) > 1:
         typer.echo(f"Pareto front: {len(front)} trial(s), the most accurate trial {front[0].number} at val accuracy "
-                   f"{front[0].values[0]:.4f} (see `cerberus-search best --study {study} --storage {storage}`)", err=True)
+                   f"{front[0].values[0]:.4f} {see}", err=True)
     elif front:
         typer.echo(f"best: trial {front[0].number}, val accuracy {front[0].values[0]:.4f}, {front[0].user_attrs['params']:,} params "
-                   f"(see `cerberus-search best --study {study} --storage {storage}`)", err=True)
+                   f"{see}", err=True)
 
 
 @app.command()
@@ -199,19 +221,15 @@ def best(
     from cerberus import study as studies
 
     _positive("--top", top)
-    loaded = stores.load_study(study, storage)
-    trials = studies.best_trials(loaded, top)
-    rows = [studies.summary(t) for t in trials]
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+    with stores.read_study(study, storage) as loaded:
+        studies.check_ours(loaded, "best")
+        trials = studies.best_trials(loaded, top)
+        rows = [studies.summary(t) for t in trials]
+        front = len(loaded.directions) > 1
+    if _printed_as_json_or_none(rows, as_json, f"study {study!r} has no completed trial yet"):
         return
-    if not rows:
-        typer.echo(f"study {study!r} has no completed trial yet")
-        return
-    from rich.console import Console
     from rich.table import Table
 
-    front = len(loaded.directions) > 1
     latency = any(r["latency_ms"] is not None for r in rows)
     table = Table(title=f"{'Pareto front' if front else 'best'} of study {study!r} ({storage})")
     for col in ("trial", "val acc", "params", "MFLOPs", *(["latency ms"] if latency else []), "blocks", "widths", "F/K/P", "optimizer", "lr", "schedule", "epochs", "batch", "augment"):
@@ -226,10 +244,26 @@ def best(
             rc["optimizer"], f"{rc['lr']:.3g}", rc["schedule"], str(r["epochs"]), str(rc["batch_size"]),
             _augment_text(rc["augment"]),
         )
+    _console().print(table)
+
+
+def _printed_as_json_or_none(rows: list[dict], as_json: bool, none: str) -> bool:
+    """Print ``rows`` as a JSON list, or the line ``none`` when there are none; whether that
+    was all there is to print (else the caller prints its table)."""
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        typer.echo(none)
+    return as_json or not rows
+
+
+def _console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
     console = Console()
     if not console.is_terminal:
         console.width = 200  # a pipe or a log file: do not squeeze the table to 80 columns
-    console.print(table)
+    return console
 
 
 @app.command()
@@ -242,20 +276,23 @@ def report(
     from cerberus import outfile
     from cerberus import report as reports
     from cerberus import storage as stores
+    from cerberus import study as studies
 
-    optuna_study = stores.load_study(study, storage)
-    path = out or stores.artifact_dir(storage, study) / "report.html"
-    outfile.check_writable(path)
-    page = reports.render(optuna_study, storage)
+    with stores.read_study(study, storage) as optuna_study:
+        studies.check_ours(optuna_study, "report")
+        path = out or stores.artifact_dir(storage, study) / "report.html"
+        outfile.check_writable(path)
+        page = reports.render(optuna_study, storage)
+        count = len(optuna_study.get_trials(deepcopy=False))
     outfile.write_atomic(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
-    typer.echo(f"report of study {study!r} ({len(optuna_study.get_trials(deepcopy=False))} trials) written to {path}")
+    typer.echo(f"report of study {study!r} ({count} trials) written to {path}")
 
 
 @app.command()
 def export(
     study: Study = DEFAULT_STUDY,
     storage: Storage = DEFAULT_STORAGE,
-    fmt: Annotated[str, typer.Option("--format", help="csv, parquet (needs pyarrow) or json.")] = "csv",
+    fmt: Annotated[Optional[str], typer.Option("--format", help="csv, parquet (needs pyarrow) or json; default: --out's extension, else csv.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option(help="File to write; default studies/<study>/trials.<format>.")] = None,
 ) -> None:
     """One row per trial (state, reason, parameters, size, accuracy, timing, worker) as csv, parquet or json."""
@@ -263,13 +300,50 @@ def export(
     from cerberus import outfile
     from cerberus import storage as stores
 
-    exports.check_format(fmt)
-    optuna_study = stores.load_study(study, storage)
-    path = out or stores.artifact_dir(storage, study) / f"trials.{fmt}"
-    outfile.check_writable(path)
-    df = exports.frame(optuna_study)
+    fmt = exports.choose_format(fmt, out)
+    with stores.read_study(study, storage) as optuna_study:
+        path = out or stores.artifact_dir(storage, study) / f"trials.{fmt}"
+        outfile.check_writable(path)
+        df = exports.frame(optuna_study)
     outfile.write_atomic(path, lambda tmp: exports.write(df, tmp, fmt))
     typer.echo(f"{len(df)} trials of study {study!r} written to {path}")
+
+
+@app.command(name="studies")
+def list_studies(
+    storage: Storage = DEFAULT_STORAGE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """The studies in a storage, with their trials by state; read-only."""
+    from cerberus import storage as stores
+
+    with stores.reading(storage) as store:
+        rows = [_study_row(store, s) for s in sorted(store.get_all_studies(), key=lambda s: s.study_name)]
+    if _printed_as_json_or_none(rows, as_json, f"no studies in {storage}"):
+        return
+    from rich.table import Table
+
+    table = Table(title=f"studies in {storage}")
+    for col in ("study", "trials", "complete", "pruned", "failed", "running", "waiting", "directions", "cerberus"):
+        table.add_column(col, justify="left" if col in ("study", "directions", "cerberus") else "right")
+    for r in rows:
+        table.add_row(r["study"], *(str(r[k]) for k in ("trials", "complete", "pruned", "failed", "running", "waiting")),
+                      ",".join(r["directions"]), "yes" if r["cerberus"] else "no")
+    _console().print(table)
+
+
+def _study_row(storage, summary) -> dict:  # type: ignore[no-untyped-def]
+    """One study's line of ``studies``: its trials by state, directions, and whether cerberus made it."""
+    from optuna.trial import TrialState
+
+    trials = storage.get_all_trials(storage.get_study_id_from_name(summary.study_name), deepcopy=False)
+    states = [t.state for t in trials]
+    counts = {s.name.lower(): states.count(s) for s in
+              (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+    counts["failed"] = counts.pop("fail")
+    ours = "objectives" in summary.user_attrs or any("config" in t.user_attrs for t in trials)
+    return {"study": summary.study_name, "trials": len(trials), **counts,
+            "directions": [d.name.lower() for d in summary.directions], "cerberus": ours}
 
 
 @app.command()
@@ -285,11 +359,11 @@ def dashboard(
 
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be 0..65535, got {port}")
-    stores.load_study(study, storage)  # refuses a study that is not there
-    with _sigint_flag() as stop:
-        dashboards.serve(stores.open_storage(storage, create=False), study, host, port,
+    with stores.reading(storage) as store:
+        stores.check_study(store, study, storage)
+        dashboards.serve(store, study, host, port,
                          lambda url: typer.echo(f"optuna-dashboard of study {study!r} ({storage}), read-only: {url}  (Ctrl-C stops it)"),
-                         stop)
+                         signals.STOP)
 
 
 def _augment_text(aug: dict) -> str:
@@ -324,11 +398,17 @@ def _int_list(option: str, text: str, minimum: int = 1) -> tuple[int, ...]:
 
 def _arch(blocks: str, channels: str, conv_kernel: int, skip_kernel: int, pool: int):  # type: ignore[no-untyped-def]
     """The architecture that ``count`` and ``bench`` are given on the command line."""
-    from cerberus.config import Arch
+    from cerberus.config import MAX_BLOCKS, Arch
+    from cerberus.space import MAX_STAGES
 
     b, c = _int_list("--blocks", blocks), _int_list("--channels", channels)
     if len(b) != len(c):
         raise UserError(f"--blocks has {len(b)} stages but --channels has {len(c)}; give one value per stage to each")
+    if len(b) > MAX_STAGES:
+        raise UserError(f"--blocks has {len(b)} stages; allowed: 1..{MAX_STAGES} (32x32 halves to 1x1 at the sixth)")
+    if sum(b) > MAX_BLOCKS:  # refused before anything is built: sizing it would take minutes
+        raise UserError(f"--blocks {blocks}: {sum(b):,} blocks in all, more than the {MAX_BLOCKS:,} cerberus builds "
+                        f"(a deeper net takes more than seconds just to size); give fewer blocks")
     try:
         return Arch(b, c, conv_kernel, skip_kernel, pool)
     except ValueError as e:
@@ -343,22 +423,43 @@ def count(
     skip_kernel: Annotated[int, typer.Option(help="Kernel of projection shortcuts (K): 1 or 3.")] = 1,
     pool: Annotated[int, typer.Option(help="Average-pool kernel over the last map (P); 0 = global.")] = 0,
     max_params: MaxParams = 5_000_000,
+    batch_size: Annotated[int, typer.Option(help="Images per training step, for the memory estimate.")] = 128,
+    optimizer: Annotated[str, typer.Option(help="The optimizer whose state the memory estimate counts.")] = "sgd",
+    device: Annotated[str, typer.Option(help="Where the memory estimate is for: auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Parameters and FLOPs per image of one architecture, and whether it fits the budget."""
+    """Parameters and FLOPs per image of one architecture, the memory a trial of it needs, and
+    whether it fits the budget and this machine."""
+    from cerberus import memory
+    from cerberus.config import OPTIMIZERS, Config, Recipe
     from cerberus.model import measure
+    from cerberus.study import resolve_device
 
+    _positive("--max-params", max_params)
+    _positive("--batch-size", batch_size)
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"--optimizer {optimizer!r} is not an optimizer; allowed: {', '.join(OPTIMIZERS)}")
     arch = _arch(blocks, channels, conv_kernel, skip_kernel, pool)
+    where = resolve_device(device)
+    offered = memory.available(where)  # before the slow part: a bad CERBERUS_MEMORY_LIMIT is refused at once
+    images = memory.CIFAR10_SEARCH
+    need = memory.estimate(Config(arch, Recipe(optimizer=optimizer, batch_size=batch_size)), where, *images).total
     size = measure(arch)
-    fits = size.params <= max_params
+    fits, fits_memory = size.params <= max_params, memory.fits(need, offered)
     if as_json:
         typer.echo(json.dumps({"params": size.params, "flops": size.flops, "fits": fits, "max_params": max_params,
+                               "train_memory_bytes": need, "memory_available_bytes": offered, "fits_memory": fits_memory,
+                               "memory_device": str(where), "batch_size": batch_size, "optimizer": optimizer,
                                "depth": arch.depth, "arch": {"blocks": list(arch.blocks), "widths": list(arch.widths), "conv_kernel": conv_kernel,
                                                             "skip_kernel": skip_kernel, "pool": pool}}))
         return
     verdict = "fits" if fits else "does NOT fit"
+    room = (f"fits this machine's {where}" if fits_memory else f"does NOT fit this machine's {where}") + (
+        f" ({memory.format_bytes(offered)} available{' under ' + memory.MEMORY_LIMIT_ENV if memory.memory_limit() == offered else ''}, "
+        f"{memory.HEADROOM:.0%} of it usable)")
     typer.echo(f"ResNet-{arch.depth} blocks {blocks} widths {channels}: {size.params:,} parameters, "
-               f"{size.flops / 1e6:,.1f} MFLOPs per image; {verdict} --max-params {max_params:,}")
+               f"{size.flops / 1e6:,.1f} MFLOPs per image; {verdict} --max-params {max_params:,}; a trial at batch "
+               f"{batch_size} ({optimizer}, {images[0]:,} CIFAR-10 images) needs about {memory.format_bytes(need)}: {room}")
 
 
 @app.command()
@@ -393,7 +494,7 @@ def bench(
 @app.command()
 def train(
     trial: Annotated[Optional[int], typer.Option(help="Retrain this trial of --study (see `best`).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="Retrain this configuration: a Config JSON file or a `best --json` row.")] = None,
+    config: Annotated[Optional[str], typer.Option(help="Retrain this configuration: a shipped one by name (seed), a Config JSON file or a `best --json` row.")] = None,
     study: Study = DEFAULT_STUDY,
     storage: Storage = DEFAULT_STORAGE,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs per seed, overriding the configuration's.")] = None,
@@ -405,8 +506,11 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json.")] = False,
 ) -> None:
     """Final models: retrain one configuration on train + validation per seed, score each once on the test set."""
+    import optuna
+
     from cerberus import data as datasets
     from cerberus import final as finals
+    from cerberus import shipped
     from cerberus import storage as stores
     from cerberus import study as studies
 
@@ -417,27 +521,25 @@ def train(
     if data not in datasets.DATASETS:
         raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
     resolved = studies.resolve_device(device)
-    optuna_study = None
     if trial is not None:
-        optuna_study = stores.load_study(study, storage)
-        source = finals.from_trial(optuna_study, trial)
+        with stores.read_study(study, storage) as optuna_study:
+            source = finals.from_trial(optuna_study, trial)
     else:
-        source = finals.from_file(config)
+        source = finals.from_file(shipped.resolve(config, shipped.CONFIG, "--config"))
     out = out or finals.default_out(stores.artifact_dir(storage, study), source)
     finals.check_out(out)
     opts = finals.Options(seeds, resolved, data, str(data_dir) if data_dir else None, out, storage)
     say = lambda line: typer.echo(line, err=True)  # noqa: E731
     what = f"trial {trial} of study {study!r}" if trial is not None else str(config)
     say(f"train: {what}, {seeds} seed(s), {data} train + validation, test set scored once per seed, into {out}")
-    with _sigint_flag() as stop:
-        try:
-            metrics = finals.run(source, epochs, opts, say, stop)
-        except KeyboardInterrupt:
-            say(f"interrupted: nothing recorded ({out / finals.METRICS} not written, the study unchanged); "
-                f"run the same command to train again from seed 0")
-            raise typer.Exit(130) from None
-    if optuna_study is not None:
-        finals.record(optuna_study, trial, metrics)
+    try:
+        metrics = finals.run(source, epochs, opts, say, signals.STOP)
+    except KeyboardInterrupt:
+        say(f"interrupted ({signals.name()}): nothing recorded ({out / finals.METRICS} not written, the study unchanged); "
+            f"run the same command to train again from seed 0")
+        raise typer.Exit(signals.exit_code()) from None
+    if trial is not None:
+        finals.record(optuna.load_study(study_name=study, storage=stores.open_storage(storage)), trial, metrics)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
     else:
@@ -452,43 +554,21 @@ def train(
         raise typer.Exit(1)
 
 
-@contextlib.contextmanager
-def _sigint_flag() -> Iterator[threading.Event]:
-    """Ctrl-C raises KeyboardInterrupt and also sets the yielded flag: an interrupt that lands in a
-    finaliser run by gc is swallowed (and would print as 'unraisable'), the flag is not."""
-    stop = threading.Event()
-
-    def on_sigint(signum: int, frame: object) -> None:
-        stop.set()
-        raise KeyboardInterrupt
-
-    def unraisable(hook: object) -> None:
-        if not issubclass(hook.exc_type, KeyboardInterrupt):  # type: ignore[attr-defined]
-            sys.__unraisablehook__(hook)  # type: ignore[arg-type]
-
-    previous = signal.signal(signal.SIGINT, on_sigint), sys.unraisablehook
-    sys.unraisablehook = unraisable
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous[0])
-        sys.unraisablehook = previous[1]
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: Typer's app with every usage or input error reduced to one line, exit 2."""
     _quiet_optuna()
     command = typer.main.get_command(app)
-    try:
-        code = command.main(args=argv, prog_name="cerberus-search", standalone_mode=False)
-    except typer.Abort:  # Ctrl-C outside a run
-        sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.TyperException as e:  # usage errors: unknown option, a value of the wrong type
-        _fail(e.format_message())
-    except UserError as e:
-        _fail(str(e))
+    with signals.handling():
+        try:
+            code = command.main(args=argv, prog_name="cerberus-search", standalone_mode=False)
+        except (typer.Abort, KeyboardInterrupt):  # a signal outside a search or a retraining
+            sys.exit(signals.exit_code())
+        except typer.Exit as e:
+            sys.exit(e.exit_code)
+        except typer.TyperException as e:  # usage errors: unknown option, a value of the wrong type
+            _fail(e.format_message())
+        except UserError as e:
+            _fail(str(e))
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -501,7 +581,10 @@ def _quiet_optuna() -> None:
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("optuna %(levelname)s: %(message)s"))
-    handler.addFilter(lambda r: not (r.exc_info and isinstance(r.exc_info[1], KeyboardInterrupt)))
+    # A trial stopped by a signal is logged twice: with its KeyboardInterrupt, then as "failed with
+    # value None"; `run` says itself that it stopped and how to resume.
+    handler.addFilter(lambda r: not (r.exc_info and isinstance(r.exc_info[1], KeyboardInterrupt))
+                      and not r.getMessage().endswith("failed with value None."))
     optuna.logging.disable_default_handler()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna").addHandler(handler)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -22,6 +23,13 @@ from cerberus.errors import UserError, read_text
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "adadelta", "adadelta_agc")
 SCHEDULES = ("cosine", "step", "onecycle")
+# The most BasicBlocks (all stages together) that `count`, a space file and so `run` accept.
+# Sizing a net on the meta device (cerberus.model.measure: build, then a FLOP-counted forward)
+# grows with depth: 0.45 s at 100 blocks, 1.9 s at 500, 3.9 s at 1,000, 19.7 s at 5,000 (one
+# stage of width 16, two CPU cores; 2.0 s for three stages of 200 and 3.7 s for 334+333+333 of
+# widths 64, 128, 256), and `count --blocks 100000` ran 8 minutes and crashed. 1,000 blocks is
+# ResNet-2002, over three times the deepest published CIFAR ResNet (ResNet-1202).
+MAX_BLOCKS = 1000
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(names))}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ValueError(f"{where}: missing key {missing[0]!r}; required: {', '.join(required)}")
     return cls(**{k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()})
 
 
@@ -192,8 +205,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise ValueError(f"{where}: expected an integer, got {value!r}")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -151,7 +151,7 @@ def synthetic(n: int, seed: int) -> Split:
     a = angles[labels].view(-1, 1, 1)
     phase = torch.rand(n, 1, 1, generator=g) * 2 * torch.pi
     grating = torch.sin(2 * torch.pi / 8 * (xx * torch.cos(a) + yy * torch.sin(a)) + phase)
-    contrast = 0.05 + 0.15 * torch.rand(n, 1, 1, 1, generator=g)
-    tint = 0.3 + 0.1 * colours[labels] + 0.3 * torch.rand(n, 3, 1, 1, generator=g)  # colour alone is a weak hint
-    img = tint + contrast * grating.unsqueeze(1) + 0.2 * torch.randn(n, 3, 32, 32, generator=g)
+    contrast = 0.15 + 0.2 * torch.rand(n, 1, 1, 1, generator=g)
+    tint = 0.25 + 0.3 * colours[labels] + 0.15 * torch.rand(n, 3, 1, 1, generator=g)  # colour alone is a partial hint
+    img = tint + contrast * grating.unsqueeze(1) + 0.1 * torch.randn(n, 3, 32, 32, generator=g)
     return Split((img.clamp(0, 1) * 255).round().to(torch.uint8), labels)

@@ -8,7 +8,7 @@ datetime_start, datetime_complete, duration_s, config``, then ``params_<name>`` 
 sampled Optuna parameter (Optuna's own naming, as in ``Study.trials_dataframe``).
 
 ``state`` is Optuna's (COMPLETE, PRUNED, FAIL, RUNNING, WAITING); ``reason`` says why a
-trial did not complete (:func:`cerberus.study.end_reason`: over_budget, pruned, diverged for
+trial did not complete (:func:`cerberus.study.end_reason`: over_budget, over_memory, pruned, diverged for
 PRUNED; interrupted, out_of_memory, error, worker_died for FAIL). ``val_accuracy`` is the objective of a
 completed trial (the first objective, in a two-objective study); ``last_val_accuracy`` the last
 per-epoch value any trained trial recorded.
@@ -97,6 +97,19 @@ def _row(t: FrozenTrial, final: dict[str, Any]) -> dict[str, Any]:
 
 def _list(values: list[int] | None) -> str | None:
     return None if values is None else json.dumps(list(values), separators=(",", ":"))
+
+
+def choose_format(fmt: str | None, out: Path | None) -> str:
+    """The format to write: ``--format``, else ``--out``'s extension when it names one, else
+    csv. A ``--format`` that contradicts ``--out``'s extension is refused, as is (see
+    :func:`check_format`) one this build cannot write."""
+    suffix = out.suffix.lstrip(".").lower() if out is not None else ""
+    named = suffix if suffix in FORMATS else None
+    if fmt is not None and named is not None and fmt != named:
+        raise UserError(f"--format {fmt} contradicts --out {out}; give --out a .{fmt} name or drop --format")
+    chosen = fmt or named or "csv"
+    check_format(chosen)
+    return chosen
 
 
 def check_format(fmt: str) -> None:

@@ -46,9 +46,10 @@ from cerberus import data as datasets
 from cerberus.config import Config, read_configs
 from cerberus.errors import UserError
 from cerberus.model import measure
+from cerberus.progress import Ticker, duration, interval_seconds
 from cerberus.space import replace_epochs
 from cerberus.study import device_name
-from cerberus.train import Trainer, fit
+from cerberus.train import Progress, Trainer, fit
 
 METRICS, CONFIG = "metrics.json", "config.json"
 # Study user attributes holding a trial's final result; the key is "<name>:<trial number>".
@@ -140,8 +141,11 @@ def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], 
         stop: threading.Event | None = None) -> dict[str, Any]:
     """Retrain ``source.config`` (with ``epochs`` if given) for each seed, write OUT, return metrics.
 
-    ``say`` gets the progress lines. ``stop`` (the Ctrl-C flag) is checked between seeds, where a
-    KeyboardInterrupt swallowed by a finaliser during cleanup would otherwise go unnoticed.
+    ``say`` gets the progress lines: one as each seed starts and ends, one at each epoch's end
+    (speed, the seed's time left and, after the first seed, the whole command's), and one more
+    whenever :func:`cerberus.progress.interval_seconds` pass within an epoch with nothing said.
+    ``stop`` (the Ctrl-C flag) is checked between seeds, where a KeyboardInterrupt swallowed by a
+    finaliser during cleanup would otherwise go unnoticed.
     """
     config = replace_epochs(source.config, epochs)
     train, test = datasets.train_split(opts.data, opts.data_dir), datasets.test_split(opts.data, opts.data_dir)
@@ -151,7 +155,7 @@ def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], 
             raise KeyboardInterrupt
         say(f"seed {seed} ({seed + 1} of {opts.seeds}): training {config.recipe.epochs} epoch(s) on {len(train):,} images "
             f"({opts.device}){_eta(results, opts.seeds - seed)}")
-        results.append(_one_seed(config, train, test, seed, opts))
+        results.append(_one_seed(config, train, test, seed, opts, _SeedWatch(seed, opts.seeds, results, say)))
         r = results[-1]
         scored = "diverged, not scored" if r.test_accuracy is None else f"test accuracy {r.test_accuracy:.4f}"
         say(f"seed {seed} ({seed + 1} of {opts.seeds}): {scored}, {r.train_seconds:.1f} s")
@@ -168,7 +172,38 @@ def _eta(results: list[SeedResult], left: int) -> str:
     return f", about {seconds / 60:.0f} min left" if seconds >= 120 else f", about {seconds:.0f} s left"
 
 
-def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed: int, opts: Options) -> SeedResult:
+class _SeedWatch:
+    """The progress lines of one seed, read from its fit's host-side counter (no host sync):
+    ``on_epoch_end`` at each epoch's end, and the ticker's line within an epoch."""
+
+    def __init__(self, seed: int, seeds: int, done: list[SeedResult], say: Callable[[str], None]) -> None:
+        self.seed, self.seeds, self.done, self._say = seed, seeds, list(done), say
+        self.progress = Progress(on_epoch_end=self._epoch_end)
+        self.ticker = Ticker(interval_seconds(), self._tick)
+
+    def _epoch_end(self, p: Progress) -> None:
+        self._say(f"seed {self.seed} ({self.seed + 1} of {self.seeds}) epoch {p.epoch}/{p.epochs}{self._speed(p)}")
+        self.ticker.touch()
+
+    def _tick(self) -> None:
+        p = self.progress
+        if p.epoch_started is not None:  # within an epoch; the epoch's end has a line of its own
+            self._say(f"seed {self.seed} ({self.seed + 1} of {self.seeds}) epoch {p.epoch}/{p.epochs} "
+                      f"step {p.step}/{p.steps_per_epoch}{self._speed(p)}")
+
+    def _speed(self, p: Progress) -> str:
+        rate, left = p.images_per_s(), p.seconds_left()
+        if rate is None or left is None:
+            return ""
+        text = f": {rate:,.0f} img/s, seed ~{duration(left)} left"
+        if self.done:  # the seeds still to start take as long as the finished ones did, on average
+            later = statistics.fmean(r.train_seconds for r in self.done) * (self.seeds - self.seed - 1)
+            text += f", all seeds ~{duration(left + later)} left"
+        return text
+
+
+def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed: int, opts: Options,
+              watch: _SeedWatch) -> SeedResult:
     scored: dict[str, float] = {}
     weights = f"seed-{seed}.pt"
 
@@ -178,7 +213,8 @@ def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed:
         torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, buffer)
         _write(opts.out / weights, buffer.getvalue())
 
-    result = fit(config, train, None, opts.device, seed=seed, on_end=on_end)
+    with watch.ticker:
+        result = fit(config, train, None, opts.device, seed=seed, on_end=on_end, progress=watch.progress)
     accuracy = scored.get("accuracy")
     return SeedResult(seed, accuracy, result.train_seconds, result.images_per_s, result.epochs,
                       weights if accuracy is not None else None)

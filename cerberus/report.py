@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cerberus.config import COURSE, Arch, Config
 from cerberus.final import stored_result
-from cerberus.study import DIVERGED, OVER_BUDGET, PRUNED, best_trial, end_reason, is_trained, last_accuracy
+from cerberus.study import DIVERGED, OVER_BUDGET, OVER_MEMORY, PRUNED, best_trial, end_reason, is_trained, last_accuracy
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -115,7 +115,7 @@ def _banner(c: Counts) -> str:
 
 
 def _describe(c: Counts) -> str:
-    labels = {OVER_BUDGET: "over budget", PRUNED: "pruned by the pruner", DIVERGED: "diverged", "other": "pruned (no reason)"}
+    labels = {OVER_BUDGET: "over budget", OVER_MEMORY: "over memory", PRUNED: "pruned by the pruner", DIVERGED: "diverged", "other": "pruned (no reason)"}
     parts = [f"{n} {labels.get(r, r)}" for r, n in sorted(c.pruned.items())]
     parts += [f"{sum(c.failed.values())} failed"] * bool(c.failed) + [f"{c.running} running"] * bool(c.running)
     return ", ".join(parts)
@@ -123,8 +123,9 @@ def _describe(c: Counts) -> str:
 
 def _counts_table(c: Counts) -> str:
     rows = [("completed", c.complete), ("pruned: over budget (never trained)", c.pruned[OVER_BUDGET]),
+            ("pruned: over memory (never trained)", c.pruned[OVER_MEMORY]),
             ("pruned: by the pruner", c.pruned[PRUNED]), ("pruned: diverged", c.pruned[DIVERGED])]
-    rows += [(f"pruned: {r}", n) for r, n in sorted(c.pruned.items()) if r not in (OVER_BUDGET, PRUNED, DIVERGED)]
+    rows += [(f"pruned: {r}", n) for r, n in sorted(c.pruned.items()) if r not in (OVER_BUDGET, OVER_MEMORY, PRUNED, DIVERGED)]
     rows.append(("failed", sum(c.failed.values())))
     rows += [(f"failed: {r.replace('_', ' ')}", n) for r, n in sorted(c.failed.items())]
     rows += [("running or waiting", c.running), ("total", c.total)]
@@ -304,7 +305,7 @@ def _timeline(study: optuna.Study, trials: list[FrozenTrial]) -> go.Figure | str
 
 
 # How a trial ended, as the timeline's legend names it, with its colour.
-ENDING_COLORS = {"complete": "#1f77b4", "pruned": "#9e9e9e", "over budget": "#e6b800", "diverged": "#9467bd",
+ENDING_COLORS = {"complete": "#1f77b4", "pruned": "#9e9e9e", "over budget": "#e6b800", "over memory": "#ff7f0e", "diverged": "#9467bd",
                  "failed": "#d62728", "running": "#2ca02c"}
 
 
@@ -312,7 +313,7 @@ def _ending(t: FrozenTrial) -> str:
     if t.state == TrialState.COMPLETE:
         return "complete"
     if t.state == TrialState.PRUNED:
-        return {OVER_BUDGET: "over budget", DIVERGED: "diverged"}.get(t.user_attrs.get("reason"), "pruned")
+        return {OVER_BUDGET: "over budget", OVER_MEMORY: "over memory", DIVERGED: "diverged"}.get(t.user_attrs.get("reason"), "pruned")
     return "failed" if t.state == TrialState.FAIL else "running"
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from typing import Any, Union
 
 import optuna
 
-from cerberus.config import OPTIMIZERS, SCHEDULES, Arch, Augment, Config, Recipe
+from cerberus.config import MAX_BLOCKS, OPTIMIZERS, SCHEDULES, Arch, Augment, Config, Recipe
 from cerberus.errors import UserError, read_text
 from cerberus.model import count_params
 
@@ -235,8 +236,7 @@ def load(path: str | Path) -> Space:
     """Read and validate a space file; every problem is a UserError naming file, table and key."""
     path = Path(path)
     name = str(path)
-    text = read_text(path, f"space file {name}",
-                     "; the shipped ones are search/default.toml, search/seed.toml, search/smoke.toml")
+    text = read_text(path, f"space file {name}")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -279,7 +279,20 @@ def load(path: str | Path) -> Space:
     last_map = max(1, 32 >> (most - 1))
     if max(arch["pool"].values()) > last_map:
         raise UserError(f"{name}: [arch] pool: {max(arch['pool'].values())} is larger than the last map ({last_map}x{last_map} with {most} stages); allowed: 0 (global) or 1..{last_map}")
+    deepest = [_largest(arch.get(f"blocks_{stage}", arch.get("blocks"))) for stage in range(1, most + 1)]  # type: ignore[arg-type]
+    if sum(deepest) > MAX_BLOCKS:
+        raise UserError(f"{name}: [arch] blocks: up to {sum(deepest):,} blocks in all ({'+'.join(map(str, deepest))} over "
+                        f"{most} stage(s)), more than the {MAX_BLOCKS:,} cerberus builds (a deeper net takes more than "
+                        f"seconds just to size); allow fewer blocks per stage")
     return Space(name, arch, tables["recipe"], tables["augment"])
+
+
+def _largest(dim: Dim) -> int:
+    """The largest value of an integer key, without listing a range (which may be huge)."""
+    if isinstance(dim, Range):
+        step = dim.step or 1
+        return int(dim.low) + (int(dim.high) - int(dim.low)) // step * step
+    return max(dim.values())  # type: ignore[type-var, return-value]
 
 
 def _stage_key(key: str) -> bool:
@@ -303,10 +316,10 @@ def _parse(value: Any, rule: Rule, where: str) -> Dim:
 def _scalar(value: Any, rule: Rule, where: str) -> Scalar:
     kind = rule.kind
     if kind is tuple:
-        good = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        good = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
         value = tuple(float(v) for v in value) if good else value
-    elif kind is float:
-        good = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is float:  # TOML also spells inf and nan, which no key accepts
+        good = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if good else value
     elif kind is int:
         good = isinstance(value, int) and not isinstance(value, bool)

@@ -1,8 +1,18 @@
 """Where studies live: Optuna storage URLs, the default SQLite file, and opening a study safely.
 
 The default is ``sqlite:///studies/cerberus.db`` (relative to the working directory); any
-Optuna RDB URL works (``postgresql://...``). A study that is only *read* (``best``) is never
-created by reading: a missing SQLite file or study name is an error, and nothing is written.
+Optuna RDB URL works (``postgresql://...``).
+
+Reading never writes (:func:`reading`, for ``best``, ``report``, ``export``, ``dashboard``,
+``studies`` and ``train --trial``): no table is created, the journal mode is left alone, and no
+``-wal`` or ``-shm`` file is left where there was none. A SQLite file is checked before Optuna
+sees it (missing, a folder, empty, not SQLite, SQLite without Optuna's tables: one line each)
+and opened so that SQLite itself refuses every write (``PRAGMA query_only``; on a file or
+folder this process cannot write, SQLite's read-only or immutable modes); a PostgreSQL
+session is opened read-only.
+
+Study names become folder names (:func:`artifact_dir`), so :func:`check_name` refuses the
+empty name, one too long for a folder, and any that holds a path separator or ``..``.
 
 A storage opened for a search has heartbeats: a running trial writes one every
 ``heartbeat`` seconds, and one silent for ``3 * heartbeat`` is failed by the next worker that
@@ -19,10 +29,14 @@ to it, ``BEGIN IMMEDIATE`` lost none but was slower than this).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shlex
+import sqlite3
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -38,6 +52,10 @@ HEARTBEAT = 10  # seconds between heartbeats of a running trial
 MAX_RETRY = 2  # a trial whose worker dies this often is not queued again
 BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for the lock
 CREATION_TRIES = 10  # opening a database that other processes are creating at the same moment
+NAME_BYTES = 255  # a study name is a folder name: the longest most filesystems allow
+OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
+SQLITE_MAGIC = b"SQLite format 3\0"
+DRIVER_HINT = {"postgresql": 'pip install -e ".[postgres]" (or pip install "psycopg[binary]")'}
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -53,40 +71,164 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def open_storage(url: str, create: bool, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
-    """An RDBStorage for ``url``; with ``create`` the SQLite file (and its folder) may be made.
-    ``heartbeat`` (seconds) turns on heartbeats and the retry of trials whose worker died."""
+def open_storage(url: str, create: bool = True, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
+    """An RDBStorage for a search to write to; the SQLite file (and its folder) may be made, but
+    an existing file must be empty or an Optuna database. ``heartbeat`` (seconds) turns on
+    heartbeats and the retry of trials whose worker died."""
     path = sqlite_path(url)
     kwargs: dict = {}
     if path is not None:
-        if not create and not path.exists():
-            raise UserError(f"no study storage at {path} ({url}); run `cerberus-search run` first or pass --storage")
-        if create:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise UserError(f"cannot create the folder {path.parent} for {url}: {e.strerror}") from None
-            if not os.access(path.parent, os.W_OK):
-                raise UserError(f"cannot write to {path.parent}, the folder of {url}; choose another --storage")
+        if path.exists():
+            _check_sqlite_file(path, url, empty_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the folder {path.parent} for {url}: {e.strerror}") from None
+        if not os.access(path.parent, os.W_OK):
+            raise UserError(f"cannot write to {path.parent}, the folder of {url}; choose another --storage")
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": BUSY_TIMEOUT}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if heartbeat is not None:
-            kwargs.update(heartbeat_interval=heartbeat, grace_period=grace_period(heartbeat),
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-        for attempt in range(CREATION_TRIES):
-            try:
-                storage = optuna.storages.RDBStorage(url, **kwargs)
-                break
-            except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-                if attempt < CREATION_TRIES - 1 and _lost_creation_race(e):
-                    time.sleep(random.uniform(0.05, 0.3))  # the winner goes on creating tables meanwhile
-                    continue
-                raise UserError(f"cannot open storage {url}: {' '.join(str(e).split())[:300]}") from None
+    if heartbeat is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        kwargs.update(heartbeat_interval=heartbeat, grace_period=grace_period(heartbeat),
+                      heartbeat_stale_trial_callback=retry)
+    storage = _rdb(url, kwargs)
     if path is not None:
         with storage.engine.connect() as connection:  # WAL is a property of the file: once is enough
             connection.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
+
+
+@contextlib.contextmanager
+def reading(url: str) -> Iterator[optuna.storages.RDBStorage]:
+    """The storage at ``url`` opened so that nothing can be written through it (see the module
+    docstring), closed on exit: SQLite deletes the ``-wal`` and ``-shm`` files it made for this
+    reader when its last connection closes."""
+    path = sqlite_path(url)
+    if path is None:
+        storage = _rdb(url, {"skip_table_creation": True, "engine_kwargs": _read_only_server(url)})
+    else:
+        _check_sqlite_file(path, url, empty_ok=False)
+        connect = _read_only_sqlite(path)
+        storage = _rdb(url, {"skip_table_creation": True, "engine_kwargs": {"creator": connect}})
+    try:
+        yield storage
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+@contextlib.contextmanager
+def read_study(name: str, url: str) -> Iterator[optuna.Study]:
+    """An existing study, through :func:`reading`; an unknown name lists the ones there are."""
+    with reading(url) as storage:
+        check_study(storage, name, url)
+        yield optuna.load_study(study_name=name, storage=storage)
+
+
+def check_study(storage: optuna.storages.BaseStorage, name: str, url: str) -> None:
+    """Refuse (UserError) a study name that ``storage`` does not hold, listing those it does."""
+    check_name(name)
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name not in names:
+        have = ", ".join(shlex.quote(n) for n in sorted(names)) or "none"  # as pasted after --study
+        raise UserError(f"no study named {name!r} in {url}; studies there: {have}")
+
+
+def _rdb(url: str, kwargs: dict) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for attempt in range(CREATION_TRIES):
+            try:
+                return optuna.storages.RDBStorage(url, **kwargs)
+            except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, sqlite3.Error,
+                    optuna.exceptions.StorageInternalError) as e:
+                e = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
+                if attempt < CREATION_TRIES - 1 and _lost_creation_race(e):
+                    time.sleep(random.uniform(0.05, 0.3))  # the winner goes on creating tables meanwhile
+                    continue
+                raise UserError(_open_error(url, e)) from None
+    raise AssertionError("unreachable")
+
+
+def _open_error(url: str, e: Exception) -> str:
+    backend = sqlalchemy.engine.make_url(url).get_backend_name()
+    if isinstance(e, ImportError) and backend in DRIVER_HINT:
+        return f"cannot open storage {url}: the {backend} driver is not installed; {DRIVER_HINT[backend]}"
+    if isinstance(e, ImportError):
+        return f"cannot open storage {url}: no database driver for {backend} is installed"
+    return f"cannot open storage {url}: {' '.join(str(e).split())[:300]}"
+
+
+def _check_sqlite_file(path: Path, url: str, empty_ok: bool) -> None:
+    """Refuse (UserError) a path that is not an Optuna SQLite database, reading it only."""
+    if not path.exists():
+        raise UserError(f"no study storage at {path} ({url}); run `cerberus-search run` first or pass --storage")
+    if path.is_dir():
+        raise UserError(f"--storage {url}: {path} is a folder, not a database file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as e:
+        raise UserError(f"--storage {url}: {path} cannot be read ({e.strerror})") from None
+    if not head:
+        if empty_ok:
+            return
+        raise UserError(f"--storage {url}: {path} is empty (0 bytes), not an Optuna database; nothing was written to it")
+    if head != SQLITE_MAGIC:
+        raise UserError(f"--storage {url}: {path} is not a SQLite database; give the .db file of a cerberus study")
+    connection = _read_only_sqlite(path)()
+    try:
+        tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as e:
+        raise UserError(f"--storage {url}: {path} cannot be read as SQLite ({e})") from None
+    finally:
+        connection.close()
+    # A search may find the tables half made by a worker that is creating them right now.
+    foreign = tables and not tables & OPTUNA_TABLES if empty_ok else not OPTUNA_TABLES <= tables
+    if foreign:
+        raise UserError(f"--storage {url}: {path} is a SQLite database of another program (it has no Optuna "
+                        f"tables); nothing was written to it")
+
+
+def _read_only_sqlite(path: Path):  # type: ignore[no-untyped-def]
+    """A connection factory that cannot write to ``path``. Where this process may write the file
+    and its folder, a normal connection with ``query_only`` (its last close removes the ``-wal``
+    and ``-shm`` files it made); elsewhere SQLite's read-only mode, which needs those files to
+    exist already, or, when there are none (no writer has the file open), immutable mode."""
+    folder = path.resolve().parent
+    writable = os.access(path, os.W_OK) and os.access(folder, os.W_OK)
+    wal = path.with_name(path.name + "-wal").exists()
+
+    def connect() -> sqlite3.Connection:
+        if writable:
+            connection = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, check_same_thread=False)
+            connection.execute("PRAGMA query_only = ON")
+            return connection
+        mode = "ro" if wal else "ro&immutable=1"
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT,
+                               check_same_thread=False)
+
+    return connect
+
+
+def _read_only_server(url: str) -> dict:
+    """Engine options that make every transaction of a database server read-only."""
+    if sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql":
+        return {"connect_args": {"options": "-c default_transaction_read_only=on"}}
+    return {}
+
+
+def check_name(name: str) -> None:
+    """Refuse a study name that cannot be its folder's name (see :func:`artifact_dir`)."""
+    allowed = "a non-empty name without '/', '\\' or '..', at most 255 bytes, e.g. cerberus or resnet-5m"
+    if not name.strip():
+        raise UserError(f"--study {name!r} is empty; give {allowed}")
+    if "/" in name or "\\" in name or ".." in name or name == "." or "\0" in name:
+        raise UserError(f"--study {name!r} holds a path separator or '..'; give {allowed}")
+    if len(name.encode()) > NAME_BYTES:
+        raise UserError(f"--study name is {len(name.encode())} bytes long; give {allowed}")
 
 
 def grace_period(heartbeat: int) -> int:
@@ -100,16 +242,6 @@ def _lost_creation_race(e: Exception) -> bool:
     fail, and find the schema complete on a second look."""
     return isinstance(e, sqlalchemy.exc.IntegrityError) or (
         isinstance(e, sqlalchemy.exc.DBAPIError) and "already exists" in str(e.orig))
-
-
-def load_study(name: str, url: str) -> optuna.Study:
-    """An existing study, read-only in spirit: an unknown name lists the ones there are."""
-    storage = open_storage(url, create=False)
-    names = [s.study_name for s in storage.get_all_studies()]
-    if name not in names:
-        have = ", ".join(sorted(names)) or "none"
-        raise UserError(f"no study named {name!r} in {url}; studies there: {have}")
-    return optuna.load_study(study_name=name, storage=storage)
 
 
 def artifact_dir(url: str, study: str) -> Path:

@@ -9,6 +9,11 @@ Contract of :func:`run`:
   with user attrs ``params`` and ``reason = "over_budget"``: no model, no data. Every trial
   carries the constraint ``params - max_params`` (``Trial.set_constraint``), which TPE reads
   for pruned trials too, so the sampler learns to stay inside the budget.
+* Then :func:`check_memory` estimates its training memory (:mod:`cerberus.memory`, user attr
+  ``memory_bytes``, recorded for every trial that gets this far). One that cannot fit the
+  device ends PRUNED with ``reason = "over_memory"``, untrained, with a positive ``memory``
+  constraint that TPE learns from as from ``params``. Neither rejection counts as trained. An
+  allocation that fails anyway (CUDA's or the CPU's) ends the trial FAIL, ``out_of_memory``.
 * Trained trials report validation accuracy per epoch; the pruner may stop them (PRUNED,
   ``reason = "pruned"``); a diverged loss ends them PRUNED with ``reason = "diverged"``.
 * With ``objectives`` ``accuracy,params`` or ``accuracy,latency`` the study has two objectives
@@ -47,6 +52,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from cerberus import data as datasets
+from cerberus import memory
 from cerberus.config import Config
 from cerberus.errors import UserError
 from cerberus.model import LATENCY_BATCH, latency_ms, measure
@@ -54,12 +60,14 @@ from cerberus.progress import Reporter
 from cerberus.data import Split
 from cerberus.space import Space, replace_epochs
 from cerberus.storage import MAX_RETRY
-from cerberus.train import Result, Trainer, fit
+from cerberus.train import Progress, Result, Trainer, fit
 
 # The objectives a study can have, the first always validation accuracy, and their directions.
 OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "latency": "minimize"}
 ALLOWED_OBJECTIVES = ("accuracy", "accuracy,params", "accuracy,latency")
 OVER_BUDGET, PRUNED, DIVERGED = "over_budget", "pruned", "diverged"  # PRUNED trials
+OVER_MEMORY = "over_memory"  # PRUNED too: its training would not fit the device's memory
+REJECTED = (OVER_BUDGET, OVER_MEMORY)  # ended before training: never a trained trial
 INTERRUPTED, OUT_OF_MEMORY, ERROR, WORKER_DIED = "interrupted", "out_of_memory", "error", "worker_died"  # FAIL
 # This process, as the user attr ``worker`` of every trial it runs (the report's timeline lanes):
 # the pid keeps two runs on one machine apart, the host name workers on different machines.
@@ -97,7 +105,7 @@ class RunSummary:
 
 
 def is_trained(t: FrozenTrial) -> bool:
-    return t.state == TrialState.COMPLETE or (t.state == TrialState.PRUNED and t.user_attrs.get("reason") != OVER_BUDGET)
+    return t.state == TrialState.COMPLETE or (t.state == TrialState.PRUNED and t.user_attrs.get("reason") not in REJECTED)
 
 
 def count_trained(study: optuna.Study) -> int:
@@ -125,14 +133,17 @@ def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | No
     neither in storage); the seed is offset by the trials already there and by the worker's
     index, so neither a resumed run nor a second worker replays the random start-up samples.
     An existing study searched for other ``objectives`` is a UserError, and is left as it was."""
+    if name in {s.study_name for s in storage.get_all_studies()}:
+        check_ours(optuna.load_study(study_name=name, storage=storage), "run")
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                 directions=[OBJECTIVES[o] for o in objectives])
     stored = study_objectives(study)
-    if stored is None:
-        study.set_user_attr("objectives", list(objectives))
-    elif stored != objectives:
+    if stored is not None and stored != objectives:
         raise UserError(f"study {name!r} was created with --objectives {','.join(stored)}; run it with those, "
                         f"or give this search another --study")
+    check_directions(study, objectives)
+    if "objectives" not in study.user_attrs:  # a new study, or one from before they were stored
+        study.set_user_attr("objectives", list(objectives))
     offset = len(study.get_trials(deepcopy=False))
     with warnings.catch_warnings():
         # group=True is what keeps TPE multivariate across stage counts; it is marked experimental.
@@ -146,6 +157,55 @@ def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | No
     # pruner cut too much at this size and end worse, and a patient pruner never cuts.
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     return study
+
+
+def made_by_cerberus(study: optuna.Study) -> bool:
+    """Whether cerberus made ``study``: it stores its objectives (since they were stored) and
+    its trials their configuration (before that). A study with nothing in it yet counts: it
+    may be one that another worker has just created and not yet marked, and it has nothing to
+    lose (its directions are checked against the objectives by :func:`create_study`)."""
+    trials = study.get_trials(deepcopy=False)
+    if "objectives" in study.user_attrs or not trials and not study.user_attrs:
+        return True
+    return any("config" in t.user_attrs for t in trials)
+
+
+def check_directions(study: optuna.Study, objectives: tuple[str, ...]) -> None:
+    """Refuse (UserError) a study whose directions are not those of ``objectives`` (an empty
+    study that another program made)."""
+    directions = [d.name.lower() for d in study.directions]
+    if directions != [OBJECTIVES[o] for o in objectives]:
+        raise UserError(f"study {study.study_name!r} has the directions {','.join(directions)}, not those of "
+                        f"--objectives {','.join(objectives)}; give this search another --study")
+
+
+def check_joinable(name: str, url: str, objectives: tuple[str, ...]) -> None:
+    """Refuse (UserError) to search in a study cerberus did not make, before the storage is
+    opened for writing: an existing SQLite file is read only. (A database server is checked by
+    :func:`create_study`, once its tables exist.)"""
+    from cerberus import storage as stores
+
+    path = stores.sqlite_path(url)
+    if path is None or not path.exists() or path.stat().st_size == 0:
+        return
+    with stores.reading(url) as storage:
+        if name in {s.study_name for s in storage.get_all_studies()}:
+            study = optuna.load_study(study_name=name, storage=storage)
+            check_ours(study, "run")
+            stored = study_objectives(study)
+            if stored is None or stored == objectives:  # other objectives: create_study says which
+                check_directions(study, objectives)
+
+
+def check_ours(study: optuna.Study, command: str) -> None:
+    """Refuse (UserError) ``command`` (``run``, ``best``, ``report``) on a study cerberus did not make."""
+    if made_by_cerberus(study):
+        return
+    directions = ",".join(d.name.lower() for d in study.directions)
+    held = f"{len(study.get_trials(deepcopy=False))} trial(s) without a cerberus configuration, direction {directions}"
+    instead = ("give this search another --study" if command == "run"
+               else "`cerberus-search export` lists its trials, `cerberus-search dashboard` shows them")
+    raise UserError(f"study {study.study_name!r} was not made by cerberus ({held}); {command} refuses it: {instead}")
 
 
 def study_objectives(study: optuna.Study) -> tuple[str, ...] | None:
@@ -212,6 +272,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
             trial.set_user_attr("reason", OVER_BUDGET)
             reporter.rejected_arch(trial.number, size.params, opts.max_params)
             raise optuna.TrialPruned(f"{size.params} parameters > {opts.max_params}")
+        check_memory(trial, config, opts, splits, reporter)
         checkpoint = checkpoint_path(opts.artifacts, origin)
         try:
             result = _train(trial, config, splits, checkpoint)
@@ -220,8 +281,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
             raise
         except Exception as e:
             _forget(checkpoint)
-            oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-            trial.set_user_attr("reason", OUT_OF_MEMORY if oom else ERROR)
+            trial.set_user_attr("reason", OUT_OF_MEMORY if memory.is_out_of_memory(e) else ERROR)
             trial.set_user_attr("error", f"{type(e).__name__}: {' '.join(str(e).split())}"[:500])
             raise
         _forget(checkpoint)
@@ -258,15 +318,17 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
                 trial.set_user_attr("latency_batch", LATENCY_BATCH)
 
         seed = None if opts.seed is None else opts.seed * 100_003 + trial.number
+        progress = Progress()  # the reporter reads it while fit trains; no device tensor in it
+        reporter.training(trial.number, progress)
         return fit(config, train, val, opts.device, on_epoch, seed=seed, checkpoint=checkpoint,
-                   compile=opts.compile, on_end=on_end)
+                   compile=opts.compile, on_end=on_end, progress=progress)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         if opts.device.type == "cuda":
             torch.cuda.empty_cache()  # gc_after_trial has dropped the trial's tensors by now
         check_stop()
         reason = trial.user_attrs.get("reason")
-        if reason == OVER_BUDGET:
+        if reason in REJECTED:
             state["rejected"] += 1
             state["rejected_in_a_row"] += 1
             if state["rejected_in_a_row"] >= MAX_REJECTIONS_IN_A_ROW:
@@ -275,6 +337,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
             return
         state["rejected_in_a_row"] = 0
         orphans.requeue()
+        reporter.study_best(_best_seen(study))  # other workers' trials count too
         if trial.state == TrialState.FAIL:
             state["failed_in_a_row"] += 1
             reporter.failed(trial.number, reason or ERROR, trial.user_attrs.get("error", ""))
@@ -293,6 +356,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
 
     orphans = _Orphans(study, opts.grace)
     orphans.requeue()
+    reporter.study_best(_best_seen(study))
     if count_trained(study) < opts.trials:
         # Each trial ends with two full collections (fit's release, Optuna's gc_after_trial, which
         # also catches what a failed trial's traceback held). Over torch's and Optuna's own
@@ -310,6 +374,29 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
         _sweep_checkpoints(study, opts.artifacts)
     return RunSummary(count_trained(study), state["trained"], state["rejected"], best_trial(study),
                       state["gave_up"], state["failed_out"])
+
+
+def check_memory(trial: optuna.Trial, config: Config, opts: RunOptions, splits: Callable[[], tuple[Split, Split]],
+                 reporter: Reporter) -> None:
+    """Record the trial's estimated training memory (user attr ``memory_bytes``) and, when it
+    does not fit what ``opts.device`` offers now (:func:`cerberus.memory.fits`), end it PRUNED
+    with ``reason = "over_memory"`` before a model or a batch is allocated. Such a trial carries
+    the constraint ``memory``, positive (:func:`cerberus.memory.constraint`), which TPE reads as
+    it reads ``params``; a trial that fits carries none, which TPE, summing the positive
+    constraints of a trial, takes for feasible, exactly as a negative value. (What fits depends
+    on the machine and the moment; a trial's own verdict is what it records.)"""
+    train, val = splits()  # loaded once, for the first trial that fits the budget
+    need = memory.estimate(config, opts.device, len(train), len(val)).total
+    trial.set_user_attr("memory_bytes", need)
+    offered = memory.available(opts.device)
+    if memory.fits(need, offered):
+        return
+    trial.set_user_attr("reason", OVER_MEMORY)
+    trial.set_user_attr("memory_available_bytes", offered)
+    if "memory" not in trial.constraints:  # a retry inherits it
+        trial.set_constraint("memory", memory.constraint(need, offered, opts.max_params))
+    reporter.rejected_memory(trial.number, need, int(memory.HEADROOM * offered))
+    raise optuna.TrialPruned(f"needs ~{need:,} bytes of memory; {opts.device} offers {offered:,}")
 
 
 def checkpoint_path(artifacts: Path | None, trial_number: int) -> Path | None:
@@ -439,6 +526,12 @@ def best_trials(study: optuna.Study, top: int | None = None) -> list[FrozenTrial
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     top = best_trials(study, 1)
     return top[0] if top else None
+
+
+def _best_seen(study: optuna.Study) -> tuple[float, int] | None:
+    """(validation accuracy, trial number) of the study's best trial, as the reporter shows it."""
+    best = best_trial(study)
+    return None if best is None else (best.values[0], best.number)
 
 
 def summary(t: FrozenTrial) -> dict[str, Any]:

@@ -6,6 +6,8 @@ from 1); when that returns True the run stops there, which is how a pruner cuts 
 A loss that turns NaN or infinite also stops the run, with ``diverged`` set. With ``val=None``
 nothing is evaluated during training (the final retraining on train + validation), and
 ``on_end(trainer)`` is how a caller scores or saves the trained model before it is freed.
+``progress`` (a :class:`Progress`) is where the loop keeps its epoch, step and timings for other
+threads to watch, in plain Python numbers, so watching adds no host sync.
 
 With ``checkpoint`` (a file path), the state after every epoch (weights, optimizer, schedule,
 random generators, validation history) is written there atomically, and a fit that finds the
@@ -56,6 +58,54 @@ class Result:
     stopped: bool = False  # on_epoch asked to stop
     diverged: bool = False  # the loss became NaN or infinite
     resumed_epochs: int = 0  # epochs restored from a checkpoint rather than trained here
+
+
+def _ignore(progress: Progress) -> None:
+    pass
+
+
+@dataclass
+class Progress:
+    """Where a fit is, for other threads to read while it trains (a live line, a log timer).
+
+    ``fit`` writes it from its own loop with Python integers and ``time.perf_counter()`` only,
+    never from a device tensor, so reading it adds no host sync to a CUDA step. On CUDA the host
+    runs a few steps ahead of the device (kernel launches queue), so ``step`` counts steps
+    launched; the epoch's one sync (its loss read) brings the two together at every epoch end.
+    Fields are written one at a time and read without a lock: each is current or a moment old,
+    so a reader may briefly pair a new epoch with the last step of the one before.
+
+    ``epoch`` is the running epoch (1-based), or the last one after it ended; ``step`` counts
+    the steps launched in it. ``on_epoch_end`` is called by the training thread after each
+    epoch's steps (before any evaluation): how a caller with no validation split sees epochs.
+    """
+
+    epochs: int = 0  # epochs the fit runs in all, restored ones included
+    steps_per_epoch: int = 0
+    batch: int = 0  # images per step
+    epoch: int = 0
+    step: int = 0
+    resumed: int = 0  # epochs restored from a checkpoint, not trained by this fit
+    trained_steps: int = 0  # steps launched by this fit, every epoch
+    step_seconds: float = 0.0  # this fit's training steps in the epochs it finished
+    started: float | None = None  # perf_counter when this fit's first epoch started
+    epoch_started: float | None = None  # perf_counter when the running epoch started; None between epochs
+    on_epoch_end: Callable[[Progress], None] = field(default=_ignore, repr=False, compare=False)
+
+    def images_per_s(self, now: float | None = None) -> float | None:
+        """Training images per second of this fit's steps (evaluation excluded); None before any step."""
+        now = time.perf_counter() if now is None else now
+        seconds = self.step_seconds + (now - self.epoch_started if self.epoch_started is not None else 0.0)
+        return self.trained_steps * self.batch / seconds if self.trained_steps and seconds > 0 else None
+
+    def seconds_left(self, now: float | None = None) -> float | None:
+        """The fit's remaining steps at its wall time per step so far (set-up excluded,
+        evaluations included once one has run); None before any step."""
+        if not self.trained_steps or self.started is None:
+            return None
+        now = time.perf_counter() if now is None else now
+        left = (self.epochs - self.epoch) * self.steps_per_epoch + max(self.steps_per_epoch - self.step, 0)
+        return left * (now - self.started) / self.trained_steps
 
 
 class Trainer:
@@ -123,9 +173,13 @@ def fit(
     checkpoint: Path | None = None,
     compile: bool = False,
     on_end: Callable[[Trainer], None] | None = None,
+    progress: Progress | None = None,
 ) -> Result:
+    """See the module docstring. ``progress``, when given, is kept up to date while training
+    (see :class:`Progress`); by default a private one nobody reads."""
     try:
-        return _fit(config, train, val, device, on_epoch, seed, checkpoint, compile, on_end)
+        return _fit(config, train, val, device, on_epoch, seed, checkpoint, compile, on_end,
+                    Progress() if progress is None else progress)
     finally:
         release(device, compiled=compile)
 
@@ -145,7 +199,7 @@ def release(device: torch.device, compiled: bool = False) -> None:
 
 def _fit(config: Config, train: Split, val: Split | None, device: torch.device,
          on_epoch: Callable[[int, float], bool] | None, seed: int | None, checkpoint: Path | None,
-         compile: bool, on_end: Callable[[Trainer], None] | None) -> Result:
+         compile: bool, on_end: Callable[[Trainer], None] | None, progress: Progress) -> Result:
     if seed is not None:
         torch.manual_seed(seed)
     trainer = Trainer(config, train, device, compile=compile)
@@ -159,18 +213,28 @@ def _fit(config: Config, train: Split, val: Split | None, device: torch.device,
     if checkpoint is not None and checkpoint.exists():
         step_seconds, history = _restore(checkpoint, trainer)
         epochs = result["resumed_epochs"] = len(history)
-        if on_epoch is not None and any(on_epoch(e, a) for e, a in enumerate(history, 1)):
-            result["stopped"] = True
+    progress.epochs, progress.steps_per_epoch, progress.batch = recipe.epochs, trainer.steps_per_epoch, trainer.batch
+    progress.epoch = progress.resumed = epochs  # set before the replay, so its listeners know what was restored
+    progress.step = trainer.steps_per_epoch if epochs else 0
+    if on_epoch is not None and any(on_epoch(e, a) for e, a in enumerate(history, 1)):
+        result["stopped"] = True
     while epochs < recipe.epochs and not result["stopped"]:
         trainer.model.train()
         t0 = time.perf_counter()
+        progress.started = t0 if progress.started is None else progress.started
+        progress.step, progress.epoch_started, progress.epoch = 0, t0, epochs + 1
         loss_sum = torch.zeros((), device=device)
         for idx in trainer.batches():
             loss_sum += trainer.step(idx)
+            progress.step += 1  # host-side counters only: reading them never waits for the device
+            progress.trained_steps += 1
         if not math.isfinite(loss_sum.item()):  # the one sync of the epoch
             result["diverged"] = True
             break
-        step_seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        step_seconds += seconds
+        progress.step_seconds, progress.epoch_started = progress.step_seconds + seconds, None
+        progress.on_epoch_end(progress)
         epochs += 1
         if val is None:
             continue

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 WORKER_ENV = "CERBERUS_WORKER"  # a worker's index; also how a worker knows it is one
+STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # the exit codes of a run stopped by a signal
 
 
 def worker_index() -> int | None:
@@ -23,8 +24,12 @@ def worker_index() -> int | None:
 def spawn(commands: list[list[str]], cpu_workers: int) -> int:
     """Run one ``python -m cerberus`` process per argument list and wait for all of them.
     ``cpu_workers`` of them train on the CPU and share its cores: each gets an equal share of
-    threads, since torch's default (all cores each) makes them thrash. Returns 130 if
-    interrupted, else the largest exit code of the workers."""
+    threads, since torch's default (all cores each) makes them thrash. A SIGINT or SIGTERM of
+    this process is passed on to every worker (a terminal's Ctrl-C reaches them already; a
+    ``kill`` of this process, or Slurm's SIGTERM of its main process, does not). Returns
+    128 + that signal's number if interrupted, else the largest exit code of the workers."""
+    from cerberus import signals
+
     env = {**os.environ}
     if cpu_workers:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cpu_workers)))
@@ -35,10 +40,10 @@ def spawn(commands: list[list[str]], cpu_workers: int) -> int:
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
-        for p in procs:  # a terminal's Ctrl-C reached them already; a `kill -INT` of the parent did not
+        for p in procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+                p.send_signal(signals.received())
         for p in procs:
             p.wait()
-        return 130
-    return max(130 if c in (130, -signal.SIGINT) else abs(c) for c in codes)
+        return signals.exit_code()
+    return max(128 - c if c < 0 else c for c in codes)  # -N: killed by signal N, as a shell reports it

@@ -149,7 +149,7 @@ def test_search_seed_json_is_the_course_config():
     (("--trial", "0", "--epochs", "0"), "--epochs must be positive, got 0"),
     (("--config", "broken.json"), "--config broken.json is not JSON (Expecting property name"),
     (("--config", "unknown.json"), "--config unknown.json: config.recipe: unknown key 'nope'; allowed:"),
-    (("--config", "missing.json"), "--config missing.json does not exist"),
+    (("--config", "missing.json"), "--config 'missing.json': no such file, and not a shipped name; shipped: seed"),
     (("--config", "search/seed.json", "--data", "imagenet"), "--data 'imagenet' is not a dataset"),
 ])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(searched, monkeypatch, capsys, args, message):
@@ -170,7 +170,7 @@ def test_ctrl_c_exits_130_and_records_nothing(study_dir):
         assert line, proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted: nothing recorded" in err and "Traceback" not in err, err
+    assert proc.returncode == 130 and "interrupted (Ctrl-C): nothing recorded" in err and "Traceback" not in err, err
     assert not (study_dir / "studies" / "cerberus" / "final" / "trial-0" / "metrics.json").exists()
     assert snapshot(study_dir) == before
 

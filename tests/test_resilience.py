@@ -106,16 +106,23 @@ def wait_for_epoch(db, epoch, proc, limit=120):
     pytest.fail(f"no trial reached epoch {epoch}")
 
 
-@pytest.mark.parametrize("sig, reason", [(signal.SIGKILL, "worker_died"), (signal.SIGINT, "interrupted")])
-def test_a_stopped_trial_resumes_from_its_last_epoch(workdir, sig, reason):
+@pytest.mark.parametrize("sigs, reason", [((signal.SIGKILL,), "worker_died"), ((signal.SIGINT,), "interrupted"),
+                                          ((signal.SIGTERM, signal.SIGTERM), "interrupted")],
+                         ids=["SIGKILL", "SIGINT", "SIGTERM twice"])
+def test_a_stopped_trial_resumes_from_its_last_epoch(workdir, sigs, reason):
+    """Ctrl-C and SIGTERM (a second one while stopping included) end the trial `interrupted`
+    and queue it, so the same command resumes it at once; SIGKILL leaves it to the heartbeat."""
     db = workdir / "studies" / "cerberus.db"
     args = ("run", *SMOKE, "--trials", "1", "--epochs", "4")
     proc = popen(*args, cwd=workdir)
     victim = wait_for_epoch(db, 2, proc)
-    proc.send_signal(sig)
+    for sig in sigs:
+        proc.send_signal(sig)
+        time.sleep(0.05)
     _, err = proc.communicate(timeout=60)
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "resumes from its last epoch" in err and "Traceback" not in err
+    if sigs[0] != signal.SIGKILL:
+        assert proc.returncode == 128 + sigs[0] and "resumes from its last epoch" in err and "Traceback" not in err, err
+        assert [t.state for t in load(db)] == [TrialState.FAIL, TrialState.WAITING]  # queued again, no heartbeat needed
     else:
         time.sleep(GRACE)
     assert list((workdir / "studies" / "cerberus" / "checkpoints").glob("*.pt"))  # kept for the retry

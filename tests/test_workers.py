@@ -67,3 +67,34 @@ def test_workers_on_separate_machines_share_a_postgresql_study(workdir, postgres
     assert len(complete) >= 4 and len({t.number for t in study.trials}) == len(study.trials)
     best = cli("best", "--json", "--storage", postgres_url, "--study", "shared", cwd=workdir)
     assert best.returncode == 0 and json.loads(best.stdout)[0]["trial"] in {t.number for t in complete}
+
+
+def test_sigterm_to_the_parent_stops_every_worker_cleanly(workdir):
+    """`kill` of the command that started the workers (Slurm signals the job's main process)
+    reaches each worker: every running trial ends `interrupted` and is queued again."""
+    import signal
+    import time
+
+    from conftest import popen
+
+    db = workdir / "studies" / "cerberus.db"
+    proc = popen("run", *SMOKE, "--trials", "4", "--epochs", "6", "--workers", "2", "--heartbeat", "1", cwd=workdir)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            running = [t for t in distinct_numbers(f"sqlite:///{db}") if t.state == TrialState.RUNNING and t.intermediate_values]
+        except Exception:  # the study is being created
+            running = []
+        if len(running) == 2:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("the two workers never trained at once")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    trials = distinct_numbers(f"sqlite:///{db}")
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(stopped) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in stopped), err
+    assert len([t for t in trials if t.state == TrialState.WAITING]) == 2 and "Traceback" not in err

@@ -1,0 +1,331 @@
+"""How much memory one trial's training takes, from its configuration alone, and how much the
+device offers: what lets a search end a trial that cannot fit before it allocates anything.
+
+:func:`estimate` counts, in closed form, without building a model (so it takes microseconds at
+any depth), the bytes :func:`cerberus.train.fit` holds at its peak on top of what the process
+held before: weights, gradients, optimizer state, the splits copied to the device, and the
+largest of the transient peaks of building the trainer, a training step, the optimizer step and
+an evaluation, as resident memory. :func:`available` is what the device offers now, :func:`fits`
+compares the two with :data:`HEADROOM`, and :func:`is_out_of_memory` tells an allocation that
+failed anyway.
+
+What the count assumes, for the family of :mod:`cerberus.model` (convs without bias, BatchNorm,
+ReLU, identity or projection shortcuts, average pool, linear) and the step of
+:class:`cerberus.train.Trainer`:
+
+* Saved for backward, per training forward at batch N: the input batch (the stem conv keeps it);
+  the stem's conv output (kept by its BatchNorm) and its ReLU output; per BasicBlock conv1's
+  output (bn1), relu(bn1) (kept by the ReLU and by conv2), conv2's output (bn2) and the block's
+  output (the last ReLU), plus the shortcut conv's output (its BatchNorm) in a projection block:
+  4 maps, 5 with a projection. bn1's and bn2's outputs and the residual sum are not kept (ReLU
+  keeps its output, an add keeps nothing); the pooled features are (the linear layer's input).
+  This is exact: ``tests/test_memory.py`` counts the saved tensors of real steps.
+* Backward holds, beside what is still saved, a few gradient maps at once (the block output's,
+  the one flowing down the main path, the one BatchNorm or the conv returns):
+  :data:`BACKWARD_MAPS` maps of the largest size. 3 bounded every net profiled on the CPU
+  (0.5 to 3 of them, by torch's profiler).
+* CPU: everything in fp32; the splits are not copied (``Split.to`` of the device they are on
+  returns them), so they count as 0: they are already in the process, and in what the CPU no
+  longer offers. CUDA: under bf16 autocast the convs and the linear layer run in bf16 and
+  BatchNorm, ReLU, the add and the pool keep the dtype they are given (torch registers no
+  autocast rule for them), so every saved map and activation gradient is bf16, 2 bytes, as is
+  the cached bf16 copy of the weights; BatchNorm's saved statistics are fp32 but one value per
+  channel. The uint8 splits with int64 labels are copied once per trial. cuDNN's workspaces are
+  an allowance, :data:`CUDA_WORKSPACE`, which no GPU has measured yet.
+* Building the trainer takes an fp32 copy of the whole training split for its mean and std
+  (``train._stats``), 12 KiB an image: 553 MB for 45,000 CIFAR-10 images, more than a small
+  net's training step; it is freed before the first step.
+* The batch's augmentation makes a handful of batch-sized fp32 temporaries:
+  :data:`AUGMENT_COPIES` of them are counted, whichever operations are on.
+* Evaluation runs at :data:`cerberus.train.EVAL_BATCH` images without autograd: at most
+  :data:`EVAL_MAPS` maps of the largest size are alive at once: a block's input (kept for the
+  shortcut), relu(bn1) (conv2's input), conv2's output and, on the CPU, two more of that size
+  that oneDNN's conv allocates beside its output (torch's profiler shows all five); plus the normalised batch
+  and its temporaries (and its mirror image, with flip TTA). Five maps are counted on CUDA too.
+* The optimizer step: torch's single-tensor kernels on the CPU make a few temporaries of one
+  parameter at a time (:data:`UPDATE_COPIES` of the largest); CUDA's fused SGD, Adam and AdamW
+  make none, its multi-tensor Adadelta three of all the parameters.
+* What the CPU's allocator makes of it (glibc's malloc, under torch's CPU allocator): a block
+  of :data:`MMAP_MIN` bytes or more gets an mmap of its own, resident while it lives; smaller
+  ones share glibc's heap, where they take :data:`HEAP_COPIES` times their size, and the heap
+  keeps that after the training step, so an evaluation's large maps come on top of it
+  (:attr:`Estimate.kept`, :attr:`Estimate.evaluation_mapped`). On CUDA, torch's caching
+  allocator hands freed blocks out again and :func:`available` counts them as offered.
+
+Not counted: the interpreter, torch and the dataset themselves (the baseline of
+``benchmarks/memory_estimate.py``). How far the heap's history strays from the rule above is
+what :data:`HEADROOM` is also for: over the eleven nets of ``benchmarks/RESULTS.md`` the
+estimate was 0.91 to 1.51 times the measured peak resident memory of real trials (three runs).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from cerberus.config import Arch, Config, Recipe
+from cerberus.errors import UserError
+from cerberus.model import NUM_CLASSES
+from cerberus.train import EVAL_BATCH
+
+IMAGE = 3 * 32 * 32  # values in one CIFAR image
+LABEL = 8  # an int64 label
+BACKWARD_MAPS = 3
+EVAL_MAPS = 5
+AUGMENT_COPIES = 6
+LOSS_COPIES = 4  # logits, their log-softmax, the soft labels, the loss terms: batch x classes each
+UPDATE_COPIES = 4
+# glibc serves an allocation this large with an mmap of its own and unmaps it on free (the ceiling
+# of its dynamic mmap threshold on 64-bit); smaller ones come from its heap, which holds torch's
+# 64-byte-aligned blocks so loosely that they take up to HEAP_COPIES times their size in resident
+# memory (400 saved maps of 2 MiB in a chain of ReLUs: 1,613 MiB resident; a step of ResNet-202 at
+# batch 32, 2 MiB maps: 1,313 to 1,365 MiB resident where torch allocated 810, and 815 with glibc's
+# threshold pinned at 1 MiB), and keeps that after the step, for the evaluation to land on top of.
+MMAP_MIN = 32 * 2**20
+HEAP_COPIES = 2
+CUDA_WORKSPACE = 256 * 2**20  # an allowance for cuDNN's workspaces: not measured (no GPU yet)
+CPU_RUNTIME = 96 * 2**20  # the first trainer of a process brings up threads and kernels: 72 to 76 MiB measured, ~0 the next
+# A trial runs only when its estimate is at most this share of what the device offers. The rest
+# is for what the estimate leaves out (library workspaces, the interpreter's own growth, the
+# gradients' share of heap fragmentation) and for what other processes take while the trial
+# runs: what a CPU offers is a snapshot, and the Linux OOM killer, not an exception, is what
+# overshooting it costs.
+HEADROOM = 0.9
+MEMORY_LIMIT_ENV = "CERBERUS_MEMORY_LIMIT"  # caps what any device offers, in bytes (8G, 512M work too)
+CIFAR10_SEARCH = (45_000, 5_000)  # (training, validation) images of CIFAR-10's search split
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A trial's memory in bytes, by part; :attr:`total` is its peak. The transient parts are
+    resident bytes: on the CPU, after glibc's heap (see :data:`MMAP_MIN`)."""
+
+    weights: int  # parameters and BatchNorm buffers, fp32
+    grads: int  # a gradient per parameter, fp32
+    optimizer: int  # momentum (sgd, nesterov) 1x the parameters; adam, adamw, adadelta 2x
+    data: int  # the training and validation splits copied to the device (0 on the CPU)
+    setup: int  # building the trainer: an fp32 copy of the training split, for its statistics
+    step: int  # a training step: maps saved for backward, backward's gradients, the augmented batch
+    update: int  # the optimizer step's temporaries
+    evaluation: int  # evaluating EVAL_BATCH images
+    kept: int  # of the step, what the CPU's heap keeps resident after it
+    evaluation_mapped: int  # of the evaluation, what cannot reuse that (glibc's own mmaps)
+    runtime: int  # CUDA: cuDNN's workspaces (an allowance); CPU: the first trial's thread pool and kernels
+
+    @property
+    def total(self) -> int:
+        held = self.weights + self.grads + self.optimizer + self.data
+        transient = max(self.step, self.update, self.evaluation, self.kept + self.evaluation_mapped)
+        return self.runtime + max(self.weights + self.data + self.setup, held + transient)
+
+
+class _Block(NamedTuple):
+    c_in: int
+    c_out: int
+    side: int  # its output map is side x side
+    projection: bool  # a conv + BatchNorm shortcut
+
+
+def _blocks(arch: Arch) -> list[_Block]:
+    """The BasicBlocks of ``ResNet(arch)`` in order, as cerberus.model builds them."""
+    blocks, c_in, side = [], arch.widths[0], 32
+    for stage, (n, width) in enumerate(zip(arch.blocks, arch.widths)):
+        for b in range(n):
+            stride = 2 if stage > 0 and b == 0 else 1
+            side = (side - 1) // stride + 1  # an odd kernel with padding kernel // 2
+            blocks.append(_Block(c_in, width, side, stride != 1 or c_in != width))
+            c_in = width
+    return blocks
+
+
+def _features(arch: Arch) -> int:
+    """Inputs of the final linear layer: the last width times the pooled map's area."""
+    m = arch.final_map_size
+    pool = arch.pool or m
+    return arch.widths[-1] * ((m - pool) // pool + 1) ** 2
+
+
+def _weight_tensors(arch: Arch) -> list[int]:
+    """Elements of every conv and linear weight (BatchNorm's are per channel and left out)."""
+    k2, s2 = arch.conv_kernel ** 2, arch.skip_kernel ** 2
+    sizes = [3 * arch.widths[0] * k2, _features(arch) * NUM_CLASSES]
+    for b in _blocks(arch):
+        sizes += [b.c_in * b.c_out * k2, b.c_out * b.c_out * k2] + [b.c_in * b.c_out * s2] * b.projection
+    return sizes
+
+
+def _norm_channels(arch: Arch) -> list[int]:
+    """Channels of every BatchNorm."""
+    channels = [arch.widths[0]]
+    for b in _blocks(arch):
+        channels += [b.c_out] * (3 if b.projection else 2)
+    return channels
+
+
+def parameter_count(arch: Arch) -> int:
+    """``cerberus.model.count_params(arch)``, in closed form (tests keep the two equal)."""
+    return sum(_weight_tensors(arch)) + 2 * sum(_norm_channels(arch)) + NUM_CLASSES
+
+
+def saved_maps(arch: Arch, batch: int) -> list[tuple[int, int]]:
+    """(values, how many) of the maps a training forward at ``batch`` keeps for backward, the
+    input batch aside: the stem's two, four per block (five with a projection), the features."""
+    maps = [(batch * arch.widths[0] * 32 * 32, 2)]
+    maps += [(batch * b.c_out * b.side ** 2, 5 if b.projection else 4) for b in _blocks(arch)]
+    return maps + [(batch * _features(arch), 1)]
+
+
+def _resident(allocations: list[tuple[int, int]], cpu: bool) -> tuple[int, int]:
+    """(heap, mapped): resident bytes of ``allocations`` ((bytes, how many) pairs), split by
+    where the CPU's allocator puts them (see MMAP_MIN); on CUDA all of it is "mapped"."""
+    heap = sum(HEAP_COPIES * size * n for size, n in allocations if cpu and size < MMAP_MIN)
+    return heap, sum(size * n for size, n in allocations if not cpu or size >= MMAP_MIN)
+
+
+def _state_copies(recipe: Recipe) -> int:
+    """Copies of the parameters the optimizer keeps."""
+    if recipe.optimizer in ("sgd", "nesterov"):
+        return 1 if recipe.momentum > 0 else 0  # torch keeps no momentum buffer at 0
+    return 2  # adam, adamw: two moments; adadelta: square average and accumulated update
+
+
+def estimate(config: Config, device: torch.device, train_images: int, val_images: int) -> Estimate:
+    """What fitting ``config`` on ``device`` with splits of these sizes takes (see the module
+    docstring for what is counted and why)."""
+    arch, recipe = config.arch, config.recipe
+    cpu = device.type != "cuda"
+    act = 4 if cpu else 2  # bytes of a saved map or an activation gradient
+    params = parameter_count(arch)
+    weights = _weight_tensors(arch)
+    batch = min(recipe.batch_size, train_images)  # as the trainer takes it
+    maps = saved_maps(arch, batch)
+    step = [(act * size, n) for size, n in maps] + [(act * max(size for size, _ in maps), BACKWARD_MAPS),
+            (4 * IMAGE * batch, AUGMENT_COPIES), (4 * batch * NUM_CLASSES, LOSS_COPIES)]
+    if not cpu:
+        step += [(2 * IMAGE * batch, 1), (2 * sum(weights), 1)]  # the bf16 input and weights
+    update = [(4 * max(weights), UPDATE_COPIES)]
+    if not cpu and recipe.optimizer.startswith("adadelta"):
+        update.append((4 * params, 3))  # multi-tensor kernels: whole lists of temporaries
+    evaluation: list[tuple[int, int]] = []
+    if val_images:
+        n = min(EVAL_BATCH, val_images)
+        inputs = 3 + recipe.tta_flip  # the float batch, its normalising temporaries, the mirror
+        largest = max(size for size, _ in saved_maps(arch, n))
+        evaluation = [(act * largest, EVAL_MAPS), (4 * IMAGE * n, inputs), (4 * n * NUM_CLASSES, 2)]
+    step_heap, step_mapped = _resident(step, cpu)
+    eval_heap, eval_mapped = _resident(evaluation, cpu)
+    return Estimate(
+        weights=4 * params + sum(4 * 2 * c + 8 for c in _norm_channels(arch)),  # running mean, var, count
+        grads=4 * params,
+        optimizer=4 * params * _state_copies(recipe),
+        data=0 if cpu else (train_images + val_images) * (IMAGE + LABEL),
+        setup=sum(_resident([(4 * IMAGE * train_images, 1)], cpu)),
+        step=step_heap + step_mapped,
+        update=sum(_resident(update, cpu)),
+        evaluation=eval_heap + eval_mapped,
+        kept=step_heap,
+        evaluation_mapped=eval_mapped,
+        runtime=CPU_RUNTIME if cpu else CUDA_WORKSPACE,
+    )
+
+
+def memory_limit() -> int | None:
+    """The cap that ``CERBERUS_MEMORY_LIMIT`` sets (bytes, or with a K, M, G or T suffix for
+    powers of 1024), or None when it is unset or empty. A bad value is a UserError."""
+    text = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+)\s*([kmgt]?)(i?b)?", text.replace("_", "").lower())
+    if not match or int(match[1]) == 0:
+        raise UserError(f"{MEMORY_LIMIT_ENV}={text!r} is not a memory size; give bytes (> 0), e.g. "
+                        f"8589934592, or with a suffix, e.g. 8G or 512M")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+def available(device: torch.device) -> int:
+    """Bytes a new trial may take on ``device`` now, before :data:`HEADROOM`: on CUDA the free
+    device memory plus what this process's allocator holds unused (it hands that out first); on
+    the CPU what the kernel says a new allocation can get without swapping (``MemAvailable``),
+    or what the cgroup (a container's ``--memory``) leaves, when that is less. Capped by
+    ``CERBERUS_MEMORY_LIMIT``."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        offered = free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    else:
+        offered = min(host_available(), cgroup_available() or math.inf)  # type: ignore[assignment]
+    limit = memory_limit()
+    return int(offered if limit is None else min(offered, limit))
+
+
+def host_available() -> int:
+    """``MemAvailable`` of /proc/meminfo (Linux); elsewhere, free physical pages (less: the
+    kernel could also reclaim its caches)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def cgroup_available(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """What this process's memory cgroup leaves before its limit (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``), counting its inactive file cache as free, as the kernel reclaims
+    that first; None without a limit. A container's limit is invisible in /proc/meminfo, and
+    crossing it kills the process just as running out of RAM does."""
+    for limit_file, usage_file, stat_file, inactive in (
+        (root / "memory.max", root / "memory.current", root / "memory.stat", "inactive_file"),
+        (root / "memory" / "memory.limit_in_bytes", root / "memory" / "memory.usage_in_bytes",
+         root / "memory" / "memory.stat", "total_inactive_file"),
+    ):
+        try:
+            limit_text = limit_file.read_text().strip()
+            if limit_text == "max" or int(limit_text) >= 2**60:  # v1 writes "no limit" as ~2**63
+                return None
+            stat = dict(line.split() for line in stat_file.read_text().splitlines() if line.strip())
+            used = int(usage_file.read_text()) - int(stat.get(inactive, 0))
+            return max(0, int(limit_text) - used)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def fits(need: int, offered: int) -> bool:
+    """Whether a trial that needs ``need`` bytes may start where ``offered`` are available."""
+    return need <= HEADROOM * offered
+
+
+def constraint(need: int, offered: int, scale: int) -> float:
+    """The trial's memory constraint for Optuna: positive exactly when it does not fit, as the
+    share by which it misses (``need`` over ``HEADROOM * offered``, minus 1) times ``scale``.
+    TPE ranks infeasible trials by the sum of their positive constraints; with ``scale`` the
+    parameter budget, 10% over memory weighs as much as 10% over the budget, where raw bytes
+    would drown the parameter excess."""
+    return scale * (need / max(HEADROOM * offered, 1) - 1)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is a failed allocation: CUDA's ``torch.OutOfMemoryError``, Python's
+    MemoryError, or the RuntimeError of torch's CPU allocator, which reads (torch 2.14) "...
+    DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes. Error code 12
+    (Cannot allocate memory)"."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e).lower()
+    return any(words in text for words in ("out of memory", "can't allocate memory", "cannot allocate memory"))
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for people: 512 B, 3.4 MiB, 1.20 GiB."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.{2 if unit in ('GiB', 'TiB') else 1}f} {unit}"
+    return f"{n:,.0f} B"

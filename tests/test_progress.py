@@ -1,0 +1,176 @@
+"""A run you can watch: the live line on a real terminal (tmux), plain lines through a pipe, the
+study's best, `train`'s per-epoch lines, and a counter that never syncs the device."""
+
+import io
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import optuna
+import pytest
+import torch
+from rich.console import Console
+
+from cerberus import space as spaces
+from cerberus import study as studies
+from cerberus.config import Arch, Config, Recipe
+from cerberus.data import Split, stratified_holdout, synthetic
+from cerberus.progress import INTERVAL_ENV, Reporter
+from cerberus.train import Progress, Trainer, fit
+from conftest import ROOT, run_cli
+
+SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
+TMUX = shutil.which("tmux")
+# One torch thread per process: two cores are shared with the other tests' processes.
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+ENV.pop("COLUMNS", None)
+LEFT = r"~\d[\d hmins]* left"  # "~42 s left", "~3 min 05 s left" on a slow machine
+RUNNING = re.compile(rf"trial (\d+) epoch (\d+)/3 step (\d+)/70\b.* \| [\d,]+ img/s, trial {LEFT}")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(TMUX is None, reason="tmux is not installed: the live line on a terminal is not tested")
+def test_the_live_line_on_a_terminal_follows_the_running_trial(workdir):
+    """A real `run` in a detached tmux window: the live line shows the running trial's epoch,
+    step i/N, images/s and time left, redrawn within an epoch (no event in between), and the
+    run's time left once a trial has finished."""
+    # A private tmux server on a socket of its own (short path: sockets allow ~100 characters),
+    # so nobody else's sessions are touched and nothing is left behind.
+    sockets = tempfile.mkdtemp(prefix="cerberus-tmux-")
+    socket = os.path.join(sockets, "s")
+    tmux = lambda *a: subprocess.run([TMUX, "-S", socket, *a], capture_output=True, text=True, timeout=10)  # noqa: E731
+    # Without COLUMNS and LINES (a pytest run may pass COLUMNS=80 down), rich asks the tmux pane its size.
+    command = shlex.join(["env", "-u", "COLUMNS", "-u", "LINES", *(f"{k}={ENV[k]}" for k in ("PYTHONPATH", "OMP_NUM_THREADS")),
+                          sys.executable,
+                          "-m", "cerberus", "run", *SMOKE, "--trials", "2", "--epochs", "3", "--seed", "0"])
+    started = tmux("new-session", "-d", "-s", "run", "-x", "220", "-y", "50", "-c", str(workdir), command + "; sleep 600")
+    assert started.returncode == 0, started.stderr
+    seen: dict[tuple[int, int], set[int]] = {}  # (trial, epoch) -> steps shown
+    run_left = None
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and run_left is None:
+            screen = tmux("capture-pane", "-p", "-t", "run").stdout
+            assert "Traceback" not in screen, screen
+            for line in screen.splitlines():
+                if m := RUNNING.search(line):
+                    seen.setdefault((int(m[1]), int(m[2])), set()).add(int(m[3]))
+                    if "run ~" in line and "(the run's last trial)" in line:
+                        run_left = line
+            if "the study holds" in screen:  # the run is over
+                break
+            time.sleep(0.15)
+    finally:
+        tmux("kill-server")
+        shutil.rmtree(sockets, ignore_errors=True)
+    assert seen, f"no live line of a running trial; last screen:\n{screen}"
+    assert any(len(steps) >= 2 for steps in seen.values()), seen  # redrawn between two events
+    assert run_left is not None, f"no run time left after the first trial; last screen:\n{screen}"
+    assert re.search(r"best \d\.\d{4} \(trial 0\)", run_left), run_left  # seeded: trial 0 completes
+
+
+def test_a_log_gets_a_line_per_epoch_and_one_per_interval_within_a_trial(workdir):
+    env = {**ENV, INTERVAL_ENV: "0.3"}
+    r = subprocess.run([sys.executable, "-m", "cerberus", "run", *SMOKE, "--trials", "1", "--epochs", "2"],
+                       cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    ends = [line for line in lines if re.match(rf"trial 0 epoch \d/2 val \d\.\d{{4}} \| [\d,]+ img/s, trial {LEFT}", line)]
+    assert [line.split()[3] for line in ends] == ["1/2", "2/2"], r.stderr
+    within = [line for line in lines if re.match(rf"trial 0 epoch [12]/2 step \d+/70 .*\| [\d,]+ img/s, trial {LEFT}", line)]
+    assert within, r.stderr
+    assert "trial 0 complete:" in r.stderr and "\x1b" not in r.stderr and "\r" not in r.stderr  # plain text
+
+
+def tiny_splits():
+    full = synthetic(700, seed=5)
+    val = stratified_holdout(full.labels, 100, 0)
+    keep = torch.ones(700, dtype=torch.bool)
+    keep[val] = False
+    return Split(full.images[keep], full.labels[keep]), Split(full.images[val], full.labels[val])
+
+
+def test_best_is_the_studys_from_the_start_and_counts_other_workers_trials(tmp_path):
+    """A study that already holds a better trial shows it as best from the first line, and a
+    trial another worker finishes meanwhile counts after this worker's next trial."""
+    path = tmp_path / "space.toml"
+    path.write_text("[arch]\nstages = 1\nblocks = 1\nwidths = [4, 8]\n[recipe]\nepochs = 1\nbatch_size = 128\nlr = 0.05\n")
+    study = studies.create_study("t", optuna.storages.InMemoryStorage(), seed=0)
+    elsewhere = lambda value: optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=value,  # noqa: E731
+                                                        user_attrs={"params": 100})
+    study.add_trial(elsewhere(0.99))  # trial 0: better than anything trained here
+    added = []
+
+    def other_worker(study, trial):
+        if not added:
+            added.append(study.add_trial(elsewhere(0.995)))  # trial 2, while trial 1 ends
+
+    out = io.StringIO()
+    with Reporter(4, 1, console=Console(file=out, width=300)) as reporter:
+        studies.run(study, spaces.load(path), studies.RunOptions(trials=4, max_params=10_000), reporter,
+                    splits=tiny_splits, callbacks=[other_worker])
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("trial 1 epoch 1/1 val ") and "best 0.9900 (trial 0)" in lines[0], lines
+    finished = [line for line in lines if " complete: " in line]
+    assert finished[0].startswith("trial 1 ") and "best 0.9900 (trial 0)" in finished[0], lines
+    assert finished[1].startswith("trial 3 ") and "best 0.9950 (trial 2)" in finished[1], lines
+
+
+def test_train_prints_a_line_per_epoch_of_each_seed(tmp_path, monkeypatch, capsys):
+    config = Config(Arch((1,), (8,)), Recipe(optimizer="nesterov", lr=0.05, epochs=2, batch_size=64))
+    (tmp_path / "tiny.json").write_text(config.to_json())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(INTERVAL_ENV, "0.3")
+    assert run_cli("train", "--config", "tiny.json", "--seeds", "2", "--data", "synthetic", "--device", "cpu") == 0
+    lines = capsys.readouterr().err.splitlines()
+    ends = [line for line in lines if re.match(rf"seed \d \(\d of 2\) epoch \d/2: [\d,]+ img/s, seed {LEFT}", line)]
+    assert [line.split(":")[0] for line in ends] == [
+        "seed 0 (1 of 2) epoch 1/2", "seed 0 (1 of 2) epoch 2/2", "seed 1 (2 of 2) epoch 1/2", "seed 1 (2 of 2) epoch 2/2"], lines
+    assert "all seeds" not in ends[0] and re.search(rf", all seeds {LEFT}$", ends[2]), ends  # after the first seed
+    assert any(re.match(r"seed [01] \(\d of 2\) epoch [12]/2 step \d+/78", line) for line in lines), lines
+
+
+# What reads a device value on the host (on CUDA, each waits for the device).
+SYNCS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+
+
+def test_the_counter_moves_every_step_and_reading_it_never_syncs(monkeypatch):
+    """Every step updates the counter, and from the first step to the end of the fit the only
+    host reads of a device value are the one loss read per epoch (an added `.item()`,
+    `float(loss)`, `if loss > x`, `.cpu()` would count)."""
+    train = synthetic(640, seed=1)
+    config = Config(Arch((1,), (4,)), Recipe(optimizer="nesterov", lr=0.05, epochs=2, batch_size=64))
+    progress, seen, syncs = Progress(), [], []
+
+    def counted(name, real):
+        return lambda self, *a, **k: (syncs.append(name) if seen else None) or real(self, *a, **k)
+
+    for name in SYNCS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    real_step = Trainer.step
+
+    def step(self, idx):
+        seen.append((progress.epoch, progress.step))  # what a reader sees as this step starts; counting starts
+        return real_step(self, idx)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    result = fit(config, train, None, torch.device("cpu"), seed=0, progress=progress)
+    assert seen == [(e, s) for e in (1, 2) for s in range(10)]
+    assert syncs == ["item", "item"]  # the loss, once per epoch
+    assert (progress.epoch, progress.step, progress.trained_steps) == (2, 10, 20) and result.epochs == 2
+    fields = [getattr(progress, f) for f in ("epochs", "steps_per_epoch", "batch", "epoch", "step", "resumed",
+                                             "trained_steps", "step_seconds", "started")]
+    assert all(type(v) in (int, float) for v in fields), fields  # nothing a reader could sync on
+    assert progress.images_per_s() > 0 and progress.seconds_left() == 0
