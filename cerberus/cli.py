@@ -97,6 +97,8 @@ def run(
     space_file = shipped.resolve(space, shipped.SPACE, "--space")
     search_space = spaces.load(space_file)
     studies.check_budget(search_space, max_params)
+    for d in sorted(set(devices)):
+        studies.check_memory_floor(search_space, studies.resolve_device(d), data)
     index = pool.worker_index()
     known = [] if index is not None else _known_configs(search_space, space_file, enqueue_seed, enqueue or [])
     studies.check_joinable(study, storage, goals)

@@ -29,6 +29,7 @@ from cerberus.errors import UserError
 DATASETS = ("cifar10", "synthetic")
 BATCHES = "cifar-10-batches-py"
 VAL_SIZE = {"cifar10": 5000, "synthetic": 500}
+TRAIN_SIZE = {"cifar10": 50000, "synthetic": 5000}  # the whole training set, validation included
 SPLIT_SEED = 0  # never a flag: every worker must hold out the same images
 
 
@@ -87,7 +88,7 @@ def stratified_holdout(labels: torch.Tensor, size: int, seed: int) -> torch.Tens
 
 def _train_set(name: str, data_dir: Path) -> Split:
     if name == "synthetic":
-        return synthetic(5000, seed=1)
+        return synthetic(TRAIN_SIZE[name], seed=1)
     if name == "cifar10":
         return read_batches(_cifar_root(data_dir), [f"data_batch_{i}" for i in range(1, 6)])
     raise UserError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")

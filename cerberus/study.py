@@ -53,7 +53,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cerberus import data as datasets
 from cerberus import memory
-from cerberus.config import Config
+from cerberus.config import Config, Recipe
 from cerberus.errors import UserError
 from cerberus.model import LATENCY_BATCH, latency_ms, measure
 from cerberus.progress import Reporter
@@ -118,6 +118,24 @@ def check_budget(space: Space, max_params: int) -> None:
         raise UserError(
             f"no architecture in {space.path} fits --max-params {max_params:,}: the smallest has "
             f"{smallest:,} parameters; raise --max-params or allow fewer blocks or narrower widths"
+        )
+
+
+def check_memory_floor(space: Space, device: torch.device, data: str) -> None:
+    """Refuse (UserError) a space whose every trial would end ``over_memory`` on ``device``:
+    not even its smallest architecture, at its smallest batch and with plain SGD (the least
+    state), fits what the device offers now. Such a run would only reject trials."""
+    batches = space.recipe["batch_size"].values() if "batch_size" in space.recipe else [Recipe.batch_size]
+    recipe = Recipe(optimizer="sgd", momentum=0.0, batch_size=int(min(batches)))
+    val = datasets.VAL_SIZE[data]
+    train = datasets.TRAIN_SIZE[data] - val
+    need = min(memory.estimate(Config(a, recipe), device, train, val).total for a in space.architectures())
+    offered = memory.available(device)
+    if not memory.fits(need, offered):
+        raise UserError(
+            f"no trial of {space.path} fits the memory of {device}: the smallest architecture at batch "
+            f"{recipe.batch_size} needs about {memory.format_bytes(need)}, {memory.format_bytes(offered)} is available "
+            f"({memory.HEADROOM:.0%} of it usable); allow fewer blocks, narrower widths or smaller batches"
         )
 
 

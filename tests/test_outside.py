@@ -136,15 +136,17 @@ def _other_program_db(path: Path) -> None:
         c.execute("INSERT INTO notes VALUES ('mine')")
 
 
-@pytest.mark.parametrize("kind, words", [
-    ("empty", "is empty (0 bytes), not an Optuna database"),
-    ("text", "is not a SQLite database"),
-    ("other", "is a SQLite database of another program"),
-    ("folder", "is a folder, not a database file"),
-    ("missing", "no study storage at"),
-])
-@pytest.mark.parametrize("command", ["best", "report", "export", "studies", "dashboard"])
-def test_a_file_that_is_not_a_study_is_refused_and_left_as_it_was(tmp_path, monkeypatch, capsys, kind, words, command):
+REFUSED_FILES = {"empty": "is empty (0 bytes), not an Optuna database", "text": "is not a SQLite database",
+                 "other": "is a SQLite database of another program", "folder": "is a folder, not a database file",
+                 "missing": "no study storage at"}
+
+
+# Every kind of file with `best`, and every reading command with the two kinds Optuna would have
+# written to (a 0-byte file it makes a database of, another program's it adds tables to).
+@pytest.mark.parametrize("kind, command", [*((k, "best") for k in REFUSED_FILES),
+                                           *((k, c) for k in ("empty", "other") for c in ("report", "export", "studies", "dashboard"))])
+def test_a_file_that_is_not_a_study_is_refused_and_left_as_it_was(tmp_path, monkeypatch, capsys, kind, command):
+    words = REFUSED_FILES[kind]
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "x.db"
     {"empty": lambda: path.write_bytes(b""), "text": lambda: path.write_text("hello\n"),
@@ -197,13 +199,15 @@ def test_export_shows_what_a_plain_optuna_study_holds(plain_optuna, monkeypatch,
                    "waiting": 0, "directions": ["minimize"], "cerberus": False}
 
 
-@pytest.mark.parametrize("name, words", [
-    ("", "is empty"), ("   ", "is empty"), ("../../x", "holds a path separator or '..'"),
-    ("/tmp/abs", "holds a path separator or '..'"), ("a\\b", "holds a path separator"), ("..", "holds a path separator"),
-    ("x" * 300, "is 300 bytes long"),
-])
-@pytest.mark.parametrize("command", ["run", "best", "train"])
-def test_a_name_that_cannot_be_a_folder_is_refused_and_nothing_is_made(tmp_path, monkeypatch, capsys, name, words, command):
+BAD_NAMES = {"": "is empty", "   ": "is empty", "../../x": "holds a path separator or '..'",
+             "/tmp/abs": "holds a path separator or '..'", "a\\b": "holds a path separator", "..": "holds a path separator",
+             "x" * 300: "is 300 bytes long"}
+
+
+@pytest.mark.parametrize("name, command", [*((n, "run") for n in BAD_NAMES), ("../../x", "best"), ("", "train")],
+                         ids=lambda v: v[:12] if isinstance(v, str) else v)
+def test_a_name_that_cannot_be_a_folder_is_refused_and_nothing_is_made(tmp_path, monkeypatch, capsys, name, command):
+    words = BAD_NAMES[name]
     monkeypatch.chdir(tmp_path)
     extra = {"run": ("--space", "smoke", "--data", "synthetic"), "best": (), "train": ("--trial", "0")}[command]
     err = refusal(capsys, command, "--study", name, *extra)
@@ -302,3 +306,17 @@ def test_a_database_server_that_does_not_answer_is_one_line(tmp_path, monkeypatc
     extra = ("--space", "smoke", "--data", "synthetic") if command == "run" else ()
     err = refusal(capsys, command, "--storage", "postgresql://user@127.0.0.1:9/db", *extra)  # nothing listens on port 9
     assert "cannot open storage postgresql://user@127.0.0.1:9/db" in err and "Connection refused" in err
+
+
+def test_a_space_whose_every_trial_would_be_over_memory_is_refused_at_once(tmp_path, monkeypatch, capsys):
+    """Like the issue's space of 1,000 blocks (4.67M parameters, inside the budget; 63 GiB a trial),
+    one of 400 needs over 20 GiB: `run` refuses it before any trial, instead of rejecting trial
+    after trial."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "deep.toml").write_text("[arch]\nstages = 1\nblocks = 400\nwidths = 16\n")
+    monkeypatch.setenv("CERBERUS_MEMORY_LIMIT", "16G")  # the same verdict on any machine up to that size
+    err = refusal(capsys, "run", "--space", "deep.toml", "--data", "synthetic", "--device", "cpu")
+    assert "no trial of deep.toml fits the memory of cpu: the smallest architecture at batch 128 needs about" in err
+    assert os.listdir(tmp_path) == ["deep.toml"]
+    monkeypatch.setenv("CERBERUS_MEMORY_LIMIT", "1M")
+    assert "smoke.toml fits the memory of cpu" in refusal(capsys, "run", "--space", "smoke", "--data", "synthetic", "--device", "cpu")
