@@ -119,3 +119,16 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, st
             "--seed", "2", "--study", study, "--storage", storage, cwd=folder)
     assert r.returncode == 0, r.stderr
     return folder, storage, study
+
+
+def tiny_splits():
+    """(train, validation) of 600 and 100 synthetic images: in-process runs in a second or two."""
+    import torch
+
+    from cerberus.data import Split, stratified_holdout, synthetic
+
+    full = synthetic(700, seed=5)
+    val = stratified_holdout(full.labels, 100, 0)
+    keep = torch.ones(700, dtype=torch.bool)
+    keep[val] = False
+    return Split(full.images[keep], full.labels[keep]), Split(full.images[val], full.labels[val])

@@ -19,10 +19,10 @@ from rich.console import Console
 from cerberus import space as spaces
 from cerberus import study as studies
 from cerberus.config import Arch, Config, Recipe
-from cerberus.data import Split, stratified_holdout, synthetic
+from cerberus.data import synthetic
 from cerberus.progress import INTERVAL_ENV, Reporter
 from cerberus.train import Progress, Trainer, fit
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, tiny_splits
 
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
 TMUX = shutil.which("tmux")
@@ -92,14 +92,6 @@ def test_a_log_gets_a_line_per_epoch_and_one_per_interval_within_a_trial(workdir
     within = [line for line in lines if re.match(rf"trial 0 epoch [12]/2 step \d+/70 .*\| [\d,]+ img/s, trial {LEFT}", line)]
     assert within, r.stderr
     assert "trial 0 complete:" in r.stderr and "\x1b" not in r.stderr and "\r" not in r.stderr  # plain text
-
-
-def tiny_splits():
-    full = synthetic(700, seed=5)
-    val = stratified_holdout(full.labels, 100, 0)
-    keep = torch.ones(700, dtype=torch.bool)
-    keep[val] = False
-    return Split(full.images[keep], full.labels[keep]), Split(full.images[val], full.labels[val])
 
 
 def test_best_is_the_studys_from_the_start_and_counts_other_workers_trials(tmp_path):

@@ -15,9 +15,8 @@ from optuna.trial import TrialState
 from cerberus import space as spaces
 from cerberus import storage as stores
 from cerberus import study as studies
-from cerberus.data import synthetic, stratified_holdout, Split
 from cerberus.progress import Reporter
-from conftest import cli, popen, refusal
+from conftest import cli, popen, refusal, tiny_splits
 
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu", "--heartbeat", "1")
 GRACE = 3.5  # a little over 3 heartbeats: then a dead worker's trial is stale
@@ -142,14 +141,6 @@ def test_a_stopped_trial_resumes_from_its_last_epoch(workdir, sigs, reason):
 
 
 # In-process runs with a tiny dataset: failures and memory.
-
-def tiny_splits():
-    full = synthetic(700, seed=5)
-    val = stratified_holdout(full.labels, 100, 0)
-    keep = torch.ones(700, dtype=torch.bool)
-    keep[val] = False
-    return Split(full.images[keep], full.labels[keep]), Split(full.images[val], full.labels[val])
-
 
 def tiny_run(tmp_path, trials, lr="0.05", **options):
     path = tmp_path / "space.toml"
