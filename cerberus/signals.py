@@ -7,7 +7,8 @@ Contract of :func:`handling`, which the command line wraps around each command:
   thread. A search ends its trial ``interrupted``, keeps its checkpoint and queues it again.
 * A KeyboardInterrupt that lands in a finaliser run by garbage collection is swallowed (and
   would print as "unraisable"); :data:`STOP` is not, so long loops also check it.
-* Further signals while stopping only set the flag again: stopping is a few storage writes
+* Further signals while stopping only set the flag again (and once the command is done they are
+  ignored until the process has exited): stopping is a few storage writes
   (fail the trial, queue its retry) that must not be cut halfway. SIGKILL still ends the
   process at once; its trial is retried once its heartbeat goes stale.
 * :func:`exit_code` is what a shell reports for the first signal: 128 + its number (130 for
@@ -54,11 +55,11 @@ def handling() -> Iterator[threading.Event]:
     try:
         yield STOP
     finally:
-        # After a signal the process is on its way out: a late second one must not kill it in
-        # the middle of exiting, so this handler (which only sets the flag now) stays.
-        if not _received:
-            for s, handler in zip(SIGNALS, previous[0]):
-                signal.signal(s, handler)
+        # After a signal the process is on its way out, and a late second one must not kill it
+        # while it exits. Python resets a Python-level handler to the default as it finalises,
+        # but leaves an ignored signal ignored.
+        for s, handler in zip(SIGNALS, previous[0]):
+            signal.signal(s, signal.SIG_IGN if _received else handler)
         sys.unraisablehook = previous[1]
 
 
