@@ -338,14 +338,16 @@ def _study_row(storage, summary) -> dict:  # type: ignore[no-untyped-def]
     """One study's line of ``studies``: its trials by state, directions, and whether cerberus made it."""
     from optuna.trial import TrialState
 
+    from cerberus import storage as stores
+
     trials = storage.get_all_trials(storage.get_study_id_from_name(summary.study_name), deepcopy=False)
     states = [t.state for t in trials]
     counts = {s.name.lower(): states.count(s) for s in
               (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
     counts["failed"] = counts.pop("fail")
-    ours = "objectives" in summary.user_attrs or any("config" in t.user_attrs for t in trials)
     return {"study": summary.study_name, "trials": len(trials), **counts,
-            "directions": [d.name.lower() for d in summary.directions], "cerberus": ours}
+            "directions": [d.name.lower() for d in summary.directions],
+            "cerberus": stores.made_by_cerberus(summary.user_attrs, trials)}
 
 
 @app.command()
@@ -400,7 +402,7 @@ def _int_list(option: str, text: str, minimum: int = 1) -> tuple[int, ...]:
 
 def _arch(blocks: str, channels: str, conv_kernel: int, skip_kernel: int, pool: int):  # type: ignore[no-untyped-def]
     """The architecture that ``count`` and ``bench`` are given on the command line."""
-    from cerberus.config import MAX_BLOCKS, Arch
+    from cerberus.config import Arch
     from cerberus.space import MAX_STAGES
 
     b, c = _int_list("--blocks", blocks), _int_list("--channels", channels)
@@ -408,9 +410,6 @@ def _arch(blocks: str, channels: str, conv_kernel: int, skip_kernel: int, pool: 
         raise UserError(f"--blocks has {len(b)} stages but --channels has {len(c)}; give one value per stage to each")
     if len(b) > MAX_STAGES:
         raise UserError(f"--blocks has {len(b)} stages; allowed: 1..{MAX_STAGES} (32x32 halves to 1x1 at the sixth)")
-    if sum(b) > MAX_BLOCKS:  # refused before anything is built: sizing it would take minutes
-        raise UserError(f"--blocks {blocks}: {sum(b):,} blocks in all, more than the {MAX_BLOCKS:,} cerberus builds "
-                        f"(a deeper net takes more than seconds just to size); give fewer blocks")
     try:
         return Arch(b, c, conv_kernel, skip_kernel, pool)
     except ValueError as e:

@@ -55,6 +55,10 @@ class Arch:
                 f"blocks and widths need one entry per stage (at least one stage), "
                 f"got blocks={list(self.blocks)} widths={list(self.widths)}"
             )
+        if sum(self.blocks) > MAX_BLOCKS:  # every Arch, before anything is built: sizing it would take minutes
+            raise ValueError(f"blocks {','.join(map(str, self.blocks))}: {sum(self.blocks):,} blocks in all, more than the "
+                             f"{MAX_BLOCKS:,} cerberus builds (a deeper net takes more than seconds just to size); "
+                             f"give fewer blocks")
         if min(self.blocks) < 1 or min(self.widths) < 1:
             raise ValueError(f"blocks and widths must be >= 1, got {self}")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:

@@ -220,6 +220,16 @@ def _read_only_server(url: str) -> dict:
     return {}
 
 
+def made_by_cerberus(user_attrs: dict, trials: list[optuna.trial.FrozenTrial]) -> bool:
+    """Whether cerberus made the study with these user attrs and trials: it stores its
+    objectives (since they were stored) and its trials their configuration (before that). A
+    study with nothing in it yet counts: it may be one that another worker has just created and
+    not yet marked, and it has nothing to lose (``run`` checks its directions)."""
+    if "objectives" in user_attrs or not trials and not user_attrs:
+        return True
+    return any("config" in t.user_attrs for t in trials)
+
+
 def check_name(name: str) -> None:
     """Refuse a study name that cannot be its folder's name (see :func:`artifact_dir`)."""
     allowed = "a non-empty name without '/', '\\' or '..', at most 255 bytes, e.g. cerberus or resnet-5m"

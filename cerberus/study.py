@@ -178,14 +178,10 @@ def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | No
 
 
 def made_by_cerberus(study: optuna.Study) -> bool:
-    """Whether cerberus made ``study``: it stores its objectives (since they were stored) and
-    its trials their configuration (before that). A study with nothing in it yet counts: it
-    may be one that another worker has just created and not yet marked, and it has nothing to
-    lose (its directions are checked against the objectives by :func:`create_study`)."""
-    trials = study.get_trials(deepcopy=False)
-    if "objectives" in study.user_attrs or not trials and not study.user_attrs:
-        return True
-    return any("config" in t.user_attrs for t in trials)
+    """Whether cerberus made ``study`` (:func:`cerberus.storage.made_by_cerberus`)."""
+    from cerberus import storage as stores
+
+    return stores.made_by_cerberus(study.user_attrs, study.get_trials(deepcopy=False))
 
 
 def check_directions(study: optuna.Study, objectives: tuple[str, ...]) -> None:
