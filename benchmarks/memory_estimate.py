@@ -67,7 +67,9 @@ def child(spec: dict) -> None:
     import torch
 
     from cerberus import data, memory
-    from cerberus.train import EVAL_BATCH, fit
+    from cerberus.config import EVAL_BATCH
+    from cerberus.precision import choose
+    from cerberus.train import fit
 
     config = Config.from_dict(spec["config"])
     device = torch.device("cpu")
@@ -75,7 +77,7 @@ def child(spec: dict) -> None:
     val = data.synthetic(EVAL_BATCH, seed=2)
     if config.recipe.augment.trivial_augment:  # a once-per-process import, not the trial's memory
         import torchvision.transforms.v2.functional  # noqa: F401
-    est = memory.estimate(config, device, len(train), len(val))
+    est = memory.estimate(config, choose(device), len(train), len(val))
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")  # the peak resident set restarts from here
@@ -113,7 +115,7 @@ def main() -> None:
         return
     import torch
 
-    from cerberus.model import count_params
+    from cerberus.size import params as count_params
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     rows = []

@@ -51,7 +51,7 @@ from rich.console import Console
 from cerberus import space as spaces
 from cerberus import study as studies
 from cerberus.config import Arch, Config
-from cerberus.model import count_params, measure
+from cerberus.size import flops as count_flops, params as count_params
 from cerberus.progress import Reporter
 from cerberus.train import Result
 
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     studies.fit = simulated_fit  # the one substitution: run() trains through this name
     print("surrogate: rank correlation of epoch-k accuracy with the final, random configs:",
           ", ".join(f"epoch {e}: {r:.2f}" for e, r in rank_correlations(space).items()))
-    median_flops = statistics.median(measure(c.arch).flops for c in _random_configs(space, 200) if _params(c.arch) <= BUDGET)
+    median_flops = statistics.median(count_flops(c.arch) for c in _random_configs(space, 200) if _params(c.arch) <= BUDGET)
     budget = args.trials * epochs[0] * median_flops
     print(f"{args.trials} trained trials per study, then on to a budget of {args.trials} x {epochs[0]} epochs of the "
           f"median net ({median_flops / 1e9:.2f} GFLOPs); {args.seeds} seeds; mean (min..max) over seeds")

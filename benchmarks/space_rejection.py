@@ -3,7 +3,7 @@
 Samples ``--samples`` configurations from the space the way a search's start-up trials do
 (``Space.sample`` driven by Optuna's RandomSampler, so conditional keys and the stage count are
 drawn as in a run) and counts the architectures with more than ``--max-params`` parameters
-(the count :func:`cerberus.model.measure` gives). Prints the rejected fraction and the
+(the count :func:`cerberus.size.params` gives). Prints the rejected fraction and the
 quantiles of the parameter count, per stage count too; with ``--flops``, also the quantiles of
 the forward FLOPs per image of the architectures that fit (what sizes the epochs of a trial).
 
@@ -21,7 +21,7 @@ import torch
 
 from cerberus import space as spaces
 from cerberus.errors import UserError
-from cerberus.model import count_params, measure
+from cerberus.size import flops as count_flops, params as count_params
 from cerberus.space import rejected_fraction, sample_archs
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<14} " + _quantiles([params[a] for a in group], 1e6, "M") + f"  {share:>7.1%}  {len(group)}")
     if args.flops:
         fits = [a for a in archs if params[a] <= args.max_params]
-        flops = {a: measure(a).flops for a in set(fits)}
+        flops = {a: count_flops(a) for a in set(fits)}
         print(f"forward GFLOPs per image, the {len(fits)} that fit: " + _quantiles([flops[a] for a in fits], 1e9, "G"))
     return 0
 

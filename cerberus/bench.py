@@ -10,11 +10,18 @@
 * ``flops_per_image``: forward FLOPs of one image (torch's FlopCounterMode, as
   :func:`cerberus.model.measure` counts them); ``train_flops_per_image`` is three times that
   (backward costs about twice the forward), and ``tflops`` is that times images/s.
+* ``precision``: what the step computes in (:mod:`cerberus.precision`: by default bf16 autocast
+  with channels-last on CUDA and on a CPU with native bf16, fp32 elsewhere).
 * ``mfu``: ``tflops`` over ``peak_tflops``, the dense matmul rate measured in the same run, in
-  ``peak_dtype``: bf16 on CUDA (the step's autocast dtype), fp32 on the CPU (the step's dtype).
+  ``peak_dtype``, the dtype the step's convs run in.
 * ``peak_mem_bytes``: on CUDA the most memory the timed steps held allocated
   (``peak_mem_kind = "cuda_max_allocated"``); on the CPU the peak resident set of the whole
   process so far (``"process_peak_rss"``), which includes the interpreter and the data.
+* with ``plain``: ``plain_images_per_s``, ``plain_ms_per_step`` and ``speedup_vs_plain`` of the
+  same architecture in the plainest PyTorch loop: fp32, NCHW, one normalised batch made once,
+  forward, cross-entropy, backward, the course recipe's SGD; no augmentation, no data movement,
+  no host sync. What the step gains over it is what its precision and layout buy (less what
+  its on-device augmentation costs).
 * with ``baseline``: ``baseline_images_per_s``, ``baseline_ms_per_step`` and ``speedup`` of the
   same architecture in the loop the course project ran: torchvision transforms per image,
   a DataLoader with 2 workers, fp32, SGD, a host sync per step for the running loss and
@@ -41,7 +48,9 @@ from cerberus import data as datasets
 from cerberus.config import COURSE, Arch, Config
 from cerberus.data import Split
 from cerberus.errors import UserError
-from cerberus.model import ResNet, measure
+from cerberus import size as sizes
+from cerberus.model import ResNet
+from cerberus.precision import Precision, choose
 from cerberus.study import device_name
 from cerberus.train import Trainer, release
 
@@ -62,6 +71,8 @@ class Options:
     data_dir: str | Path | None = None
     baseline: bool = False
     compile: bool = False
+    precision: str = "auto"
+    plain: bool = False
 
     def __post_init__(self) -> None:
         for name, value in (("--steps", self.steps), ("--warmup", self.warmup), ("--batch-size", self.batch_size)):
@@ -85,26 +96,32 @@ def run(arch: Arch, options: Options) -> dict[str, Any]:
     if o.batch_size > len(train):
         raise UserError(f"--batch-size {o.batch_size} is larger than the {len(train):,} training images of --data {o.data}")
     cuda = o.device.type == "cuda"
-    peak_flops, peak_dtype = matmul_peak(o.device)
+    precision = choose(o.device, o.precision)
+    peak_flops, peak_dtype = matmul_peak(o.device, precision.dtype)
     if cuda:
         torch.cuda.reset_peak_memory_stats(o.device)
-    fast = _fast(arch, train, o)
+    fast = _fast(arch, train, o, precision)
     peak_mem = torch.cuda.max_memory_allocated(o.device) if cuda else _peak_rss()
     release(o.device, compiled=o.compile)
-    size = measure(arch)
+    size = sizes.of(arch)
     achieved = TRAIN_FLOPS_PER_FORWARD * size.flops * fast.images_per_s
     result: dict[str, Any] = {
         "device": device_name(o.device), "torch": torch.__version__,
         "arch": {"blocks": list(arch.blocks), "widths": list(arch.widths), "conv_kernel": arch.conv_kernel,
                  "skip_kernel": arch.skip_kernel, "pool": arch.pool},
         "depth": arch.depth, "params": size.params, "data": o.data, "batch_size": o.batch_size,
-        "steps": o.steps, "warmup": o.warmup, "compile": o.compile,
+        "steps": o.steps, "warmup": o.warmup, "compile": o.compile, "precision": precision.name,
         "images_per_s": fast.images_per_s, "ms_per_step": fast.ms_per_step, "first_step_s": fast.first_step_s,
         "flops_per_image": size.flops, "train_flops_per_image": TRAIN_FLOPS_PER_FORWARD * size.flops,
         "tflops": achieved / 1e12, "peak_tflops": peak_flops / 1e12, "peak_dtype": peak_dtype,
         "mfu": achieved / peak_flops,
         "peak_mem_bytes": peak_mem, "peak_mem_kind": "cuda_max_allocated" if cuda else "process_peak_rss",
     }
+    if o.plain:
+        plain = _plain(arch, train, o)
+        release(o.device)
+        result.update(plain_images_per_s=plain.images_per_s, plain_ms_per_step=plain.ms_per_step,
+                      speedup_vs_plain=fast.images_per_s / plain.images_per_s)
     if o.baseline:
         slow = _baseline(arch, train, o)
         release(o.device)
@@ -120,7 +137,7 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"ResNet-{r['depth']} blocks {','.join(map(str, a['blocks']))} widths {','.join(map(str, a['widths']))} "
         f"({r['params']:,} params) on {r['device']}, torch {r['torch']}, batch {r['batch_size']}, "
-        f"{r['data']} data, {r['steps']} steps after {r['warmup']} warm-up{', compiled' if r['compile'] else ''}",
+        f"{r['data']} data, {r['steps']} steps after {r['warmup']} warm-up, {r['precision']}{', compiled' if r['compile'] else ''}",
         f"  speed:   {r['images_per_s']:,.1f} images/s, {r['ms_per_step']:,.2f} ms/step (first warm-up step {r['first_step_s']:.2f} s)",
         f"  FLOPs:   {r['flops_per_image'] / 1e6:,.1f} MFLOPs/image forward; training counted as "
         f"{TRAIN_FLOPS_PER_FORWARD}x forward = {r['train_flops_per_image'] / 1e9:,.2f} GFLOPs/image",
@@ -128,6 +145,9 @@ def report(r: dict[str, Any]) -> str:
         f"{r['peak_dtype']} dense matmul peak measured in this run",
         f"  memory:  {r['peak_mem_bytes'] / 2**20:,.0f} MiB ({mem})",
     ]
+    if "speedup_vs_plain" in r:
+        lines.append(f"  plain loop (fp32, NCHW, one batch, no augmentation, no sync): {r['plain_images_per_s']:,.1f} images/s, "
+                     f"{r['plain_ms_per_step']:,.2f} ms/step; speedup {r['speedup_vs_plain']:.2f}x")
     if "speedup" in r:
         lines.append(f"  baseline (course project loop: per-image torchvision transforms, DataLoader 2 workers, fp32): "
                      f"{r['baseline_images_per_s']:,.1f} images/s, {r['baseline_ms_per_step']:,.2f} ms/step; "
@@ -135,11 +155,11 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def matmul_peak(device: torch.device) -> tuple[float, str]:
-    """Dense matmul FLOP/s this device reaches now, and the dtype: the best of a few timed
-    rounds of square products, bf16 on CUDA and fp32 on the CPU."""
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
+    """Dense matmul FLOP/s this device reaches now in ``dtype``, and the dtype's name: the best
+    of a few timed rounds of square products (2048 on a CPU, where AMX and AVX-512 peak there)."""
     cuda = device.type == "cuda"
-    dtype, n, reps = (torch.bfloat16, 8192, 20) if cuda else (torch.float32, 1024, 4)
+    n, reps = (8192, 20) if cuda else (2048, 4)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     out = torch.empty_like(a)
     torch.matmul(a, b, out=out)
@@ -175,9 +195,10 @@ def time_steps(step: Callable[[], object], steps: int, warmup: int, batch: int, 
     return Speed(steps * batch / seconds, 1000 * seconds / steps, first)
 
 
-def _fast(arch: Arch, train: Split, o: Options) -> Speed:
+def _fast(arch: Arch, train: Split, o: Options, precision: Precision) -> Speed:
     recipe = dataclasses.replace(COURSE_RECIPE, batch_size=o.batch_size)
-    trainer = Trainer(Config(arch, recipe), train, o.device, total_steps=o.warmup + o.steps, compile=o.compile)
+    trainer = Trainer(Config(arch, recipe), train, o.device, total_steps=o.warmup + o.steps, compile=o.compile,
+                      precision=precision)
     trainer.model.train()
     batches = _forever(trainer.batches)
     return time_steps(lambda: trainer.step(next(batches)), o.steps, o.warmup, o.batch_size, o.device)
@@ -208,6 +229,23 @@ class Cutout:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return augment.cutout(image.unsqueeze(0), self.holes, self.length)[0]
+
+
+def _plain(arch: Arch, train: Split, o: Options) -> Speed:
+    r = COURSE_RECIPE
+    model = ResNet(arch).to(o.device)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+    x = train.images[: o.batch_size].to(o.device).float().div_(255)
+    x = (x - torch.tensor(COURSE_MEAN, device=o.device).view(1, 3, 1, 1)) / torch.tensor(COURSE_STD, device=o.device).view(1, 3, 1, 1)
+    y = train.labels[: o.batch_size].to(o.device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return time_steps(step, o.steps, o.warmup, o.batch_size, o.device)
 
 
 def _baseline(arch: Arch, train: Split, o: Options) -> Speed:

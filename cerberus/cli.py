@@ -33,6 +33,31 @@ def _study_name(name: str) -> str:
 Study = Annotated[str, typer.Option("--study", callback=_study_name, help="Study name inside the storage (also its folder's name).")]
 Storage = Annotated[str, typer.Option("--storage", help="Optuna storage URL (SQLite file, PostgreSQL, ...).")]
 MaxParams = Annotated[int, typer.Option("--max-params", help="Parameter budget; larger architectures are rejected untrained.")]
+Precision = Annotated[str, typer.Option("--precision", help="auto (bf16 autocast and channels-last on CUDA and on a CPU with native bf16, fp32 elsewhere), bf16 or fp32.")]
+
+
+def _precision(value: str) -> str:
+    from cerberus.precision import PRECISIONS
+
+    if value not in PRECISIONS:
+        raise UserError(f"--precision {value!r} is not a precision; allowed: {', '.join(PRECISIONS)}")
+    return value
+
+
+# Commands that import neither torch nor optuna, so that they answer in a fraction of a second.
+LIGHT_COMMANDS = ("count",)
+# Where a CUDA (or ROCm) driver shows itself; without one, `auto` is the CPU without asking torch.
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd")
+
+
+def _sizing_device(spec: str):  # type: ignore[no-untyped-def]
+    """``--device`` for ``count``: the CPU, decided without importing torch when it is asked
+    for or when no GPU driver is present; anything else as every command resolves it."""
+    if spec == "cpu" or (spec == "auto" and not any(Path(f).exists() for f in GPU_DRIVER_FILES)):
+        return "cpu"
+    from cerberus.study import resolve_device
+
+    return resolve_device(spec)
 
 
 def _positive(name: str, value: int | float | None) -> None:
@@ -52,8 +77,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _app(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+def _app(ctx: typer.Context,
+         version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
     """Find the best small ResNet for CIFAR-10 under a parameter budget, with Optuna."""
+    if ctx.invoked_subcommand not in LIGHT_COMMANDS:
+        _quiet_optuna()
 
 
 @app.command()
@@ -61,7 +89,7 @@ def run(
     trials: Annotated[int, typer.Option(help="Stop when the study holds this many trained trials (rejected ones do not count).")] = 50,
     study: Study = DEFAULT_STUDY,
     storage: Storage = DEFAULT_STORAGE,
-    space: Annotated[str, typer.Option(help="A shipped space by name (default, seed, smoke, ...) or a space file (TOML).")] = "default",
+    space: Annotated[str, typer.Option(help="A shipped space by name (default, cpu, seed, smoke, ...) or a space file (TOML).")] = "default",
     max_params: MaxParams = 5_000_000,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs per trial, overriding the space.")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
@@ -74,6 +102,7 @@ def run(
     max_failures: Annotated[int, typer.Option(help="Stop after this many failed trials in a row.")] = 5,
     heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats; silent for 3x that, it is retried.")] = 10,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each trial's training step (pays off only for long trials; see benchmarks/RESULTS.md).")] = False,
+    precision: Precision = "auto",
     objectives: Annotated[str, typer.Option(help="accuracy, or a Pareto front of accuracy,params or accuracy,latency (no pruning then).")] = "accuracy",
     enqueue_seed: Annotated[Optional[bool], typer.Option("--enqueue-seed/--no-enqueue-seed", help="Train the course project's configuration as the first trial (default: on for the default space).", show_default=False)] = None,
     enqueue: Annotated[Optional[list[Path]], typer.Option(help="JSON file of a configuration (or a list of them, or `best --json` rows) to train early; repeatable.")] = None,
@@ -91,6 +120,7 @@ def run(
         _positive(name, value)
     if data not in datasets.DATASETS:
         raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
+    _precision(precision)
     goals = studies.parse_objectives(objectives)
     devices = _worker_devices(device, gpus, workers)
     stores.sqlite_path(storage)  # the URL's syntax: cheap, so before the slower checks
@@ -98,7 +128,7 @@ def run(
     search_space = spaces.load(space_file)
     studies.check_budget(search_space, max_params)
     for d in sorted(set(devices)):
-        studies.check_memory_floor(search_space, studies.resolve_device(d), data)
+        studies.check_memory_floor(search_space, studies.resolve_device(d), data, precision)
     index = pool.worker_index()
     known = [] if index is not None else _known_configs(search_space, space_file, enqueue_seed, enqueue or [])
     studies.check_joinable(study, storage, goals)
@@ -115,7 +145,7 @@ def run(
     if len(devices) > 1:
         common = ["run", "--trials", str(trials), "--study", study, "--storage", storage, "--space", str(space_file),
                   "--max-params", str(max_params), "--data", data, "--max-failures", str(max_failures),
-                  "--heartbeat", str(heartbeat), "--workers", "1", "--objectives", objectives]
+                  "--heartbeat", str(heartbeat), "--workers", "1", "--objectives", objectives, "--precision", precision]
         for flag, value in (("--epochs", epochs), ("--data-dir", data_dir), ("--seed", seed), ("--timeout", timeout)):
             if value is not None:
                 common += [flag, str(value)]
@@ -127,7 +157,7 @@ def run(
         raise typer.Exit(code)
     opts = studies.RunOptions(trials, max_params, epochs, studies.resolve_device(devices[0]), data,
                               str(data_dir) if data_dir else None, seed, timeout, max_failures,
-                              stores.artifact_dir(storage, study), compile, goals, stores.grace_period(heartbeat))
+                              stores.artifact_dir(storage, study), compile, goals, stores.grace_period(heartbeat), precision)
     result = _run_one(studies, optuna_study, search_space, opts, lambda: splits, done, index)
     _say_where(studies, optuna_study, trials, study, storage, 0, result)
     if result.gave_up:
@@ -140,12 +170,14 @@ def run(
 
 def _known_configs(search_space, space: Path, enqueue_seed: bool | None, files: list[Path]) -> list:  # type: ignore[no-untyped-def]
     """(config, label) pairs to queue: the course project's unless switched off (by default only
-    for the default space), then each file's; every one is checked against the space now."""
-    from cerberus.config import COURSE, read_configs
+    for the default and cpu spaces: at full width, or at the quarter width the space holds),
+    then each file's; every one is checked against the space now."""
+    from cerberus.config import COURSE, COURSE_CONFIGS, read_configs
 
-    if enqueue_seed is None:  # the shipped default, or the user's copy of it
-        enqueue_seed = space.name == "default.toml"
-    known = [(COURSE, "seed")] if enqueue_seed else []
+    if enqueue_seed is None:  # the shipped spaces, or the user's copies of them
+        enqueue_seed = space.name in ("default.toml", "cpu.toml")
+    seed = next((c for c in COURSE_CONFIGS if _expresses(search_space, c)), COURSE)
+    known = [(seed, "seed")] if enqueue_seed else []
     for path in files:
         configs = read_configs(path, "--enqueue")
         known += [(c, f"{path.name}#{i}" if len(configs) > 1 else path.name) for i, c in enumerate(configs)]
@@ -155,6 +187,14 @@ def _known_configs(search_space, space: Path, enqueue_seed: bool | None, files: 
         except UserError as e:
             raise UserError(f"--enqueue{'-seed' if label == 'seed' else ' ' + label}: {e}") from None
     return known
+
+
+def _expresses(search_space, config) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        search_space.params_for(config)
+    except UserError:
+        return False
+    return True
 
 
 def _worker_devices(device: str, gpus: str | None, workers: int) -> list[str]:
@@ -402,8 +442,7 @@ def _int_list(option: str, text: str, minimum: int = 1) -> tuple[int, ...]:
 
 def _arch(blocks: str, channels: str, conv_kernel: int, skip_kernel: int, pool: int):  # type: ignore[no-untyped-def]
     """The architecture that ``count`` and ``bench`` are given on the command line."""
-    from cerberus.config import Arch
-    from cerberus.space import MAX_STAGES
+    from cerberus.config import MAX_STAGES, Arch
 
     b, c = _int_list("--blocks", blocks), _int_list("--channels", channels)
     if len(b) != len(c):
@@ -432,25 +471,26 @@ def count(
     """Parameters and FLOPs per image of one architecture, the memory a trial of it needs, and
     whether it fits the budget and this machine."""
     from cerberus import memory
+    from cerberus import size as sizes
     from cerberus.config import OPTIMIZERS, Config, Recipe
-    from cerberus.model import measure
-    from cerberus.study import resolve_device
+    from cerberus.precision import choose
 
     _positive("--max-params", max_params)
     _positive("--batch-size", batch_size)
     if optimizer not in OPTIMIZERS:
         raise UserError(f"--optimizer {optimizer!r} is not an optimizer; allowed: {', '.join(OPTIMIZERS)}")
     arch = _arch(blocks, channels, conv_kernel, skip_kernel, pool)
-    where = resolve_device(device)
-    offered = memory.available(where)  # before the slow part: a bad CERBERUS_MEMORY_LIMIT is refused at once
+    where = _sizing_device(device)
+    offered = memory.available(where)
     images = memory.CIFAR10_SEARCH
-    need = memory.estimate(Config(arch, Recipe(optimizer=optimizer, batch_size=batch_size)), where, *images).total
-    size = measure(arch)
+    step = choose(where)
+    need = memory.estimate(Config(arch, Recipe(optimizer=optimizer, batch_size=batch_size)), step, *images).total
+    size = sizes.of(arch)
     fits, fits_memory = size.params <= max_params, memory.fits(need, offered)
     if as_json:
         typer.echo(json.dumps({"params": size.params, "flops": size.flops, "fits": fits, "max_params": max_params,
                                "train_memory_bytes": need, "memory_available_bytes": offered, "fits_memory": fits_memory,
-                               "memory_device": str(where), "batch_size": batch_size, "optimizer": optimizer,
+                               "memory_device": str(where), "precision": step.name, "batch_size": batch_size, "optimizer": optimizer,
                                "depth": arch.depth, "arch": {"blocks": list(arch.blocks), "widths": list(arch.widths), "conv_kernel": conv_kernel,
                                                             "skip_kernel": skip_kernel, "pool": pool}}))
         return
@@ -460,7 +500,7 @@ def count(
         f"{memory.HEADROOM:.0%} of it usable)")
     typer.echo(f"ResNet-{arch.depth} blocks {blocks} widths {channels}: {size.params:,} parameters, "
                f"{size.flops / 1e6:,.1f} MFLOPs per image; {verdict} --max-params {max_params:,}; a trial at batch "
-               f"{batch_size} ({optimizer}, {images[0]:,} CIFAR-10 images) needs about {memory.format_bytes(need)}: {room}")
+               f"{batch_size} ({optimizer}, {step.name}, {images[0]:,} CIFAR-10 images) needs about {memory.format_bytes(need)}: {room}")
 
 
 @app.command()
@@ -476,8 +516,10 @@ def bench(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     data: Annotated[str, typer.Option(help="synthetic or cifar10.")] = "synthetic",
     data_dir: Annotated[Optional[Path], typer.Option(help="Where CIFAR-10 is (or is downloaded to); default ~/.cache/cerberus/data.")] = None,
-    baseline: Annotated[bool, typer.Option("--baseline", help="Also time the course project's plain loop and print the ratio.")] = False,
+    plain: Annotated[bool, typer.Option("--plain", help="Also time a plain fp32 NCHW PyTorch loop (one batch, no augmentation) and print the ratio.")] = False,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Also time the course project's loop (per-image transforms, DataLoader) and print the ratio.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="Run the training forward through torch.compile.")] = False,
+    precision: Precision = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Training speed of one architecture: images/s, FLOPs, MFU against a matmul peak measured now, peak memory."""
@@ -485,9 +527,11 @@ def bench(
     from cerberus import study as studies
 
     arch = _arch(blocks, channels, conv_kernel, skip_kernel, pool)
-    options = benches.Options(batch_size, steps, warmup, studies.resolve_device(device), data, data_dir, baseline, compile)
+    options = benches.Options(batch_size, steps, warmup, studies.resolve_device(device), data, data_dir, baseline, compile,
+                              _precision(precision), plain)
+    loops = [name for name, on in (("the plain loop", plain), ("the course loop", baseline)) if on]
     typer.echo(f"bench: ResNet-{arch.depth} on {options.device}, {warmup} warm-up + {steps} timed steps"
-               f"{' and the same for the baseline loop' if baseline else ''}", err=True)
+               f"{' and the same for ' + ' and '.join(loops) if loops else ''}", err=True)
     result = benches.run(arch, options)
     typer.echo(json.dumps(result) if as_json else benches.report(result))
 
@@ -504,6 +548,7 @@ def train(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     data: Annotated[str, typer.Option(help="cifar10 (downloaded on first use) or synthetic.")] = "cifar10",
     data_dir: Annotated[Optional[Path], typer.Option(help="Where CIFAR-10 is (or is downloaded to); default ~/.cache/cerberus/data.")] = None,
+    precision: Precision = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json.")] = False,
 ) -> None:
     """Final models: retrain one configuration on train + validation per seed, score each once on the test set."""
@@ -521,6 +566,7 @@ def train(
     _positive("--epochs", epochs)
     if data not in datasets.DATASETS:
         raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
+    _precision(precision)
     resolved = studies.resolve_device(device)
     if trial is not None:
         with stores.read_study(study, storage) as optuna_study:
@@ -529,7 +575,7 @@ def train(
         source = finals.from_file(shipped.resolve(config, shipped.CONFIG, "--config"))
     out = out or finals.default_out(stores.artifact_dir(storage, study), source)
     finals.check_out(out)
-    opts = finals.Options(seeds, resolved, data, str(data_dir) if data_dir else None, out, storage)
+    opts = finals.Options(seeds, resolved, data, str(data_dir) if data_dir else None, out, storage, precision)
     say = lambda line: typer.echo(line, err=True)  # noqa: E731
     what = f"trial {trial} of study {study!r}" if trial is not None else str(config)
     say(f"train: {what}, {seeds} seed(s), {data} train + validation, test set scored once per seed, into {out}")
@@ -557,7 +603,6 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: Typer's app with every usage or input error reduced to one line, exit 2."""
-    _quiet_optuna()
     command = typer.main.get_command(app)
     with signals.handling():
         try:

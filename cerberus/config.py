@@ -21,6 +21,8 @@ from typing import Any
 
 from cerberus.errors import UserError, read_text
 
+NUM_CLASSES = 10  # CIFAR-10's, and the model's outputs
+EVAL_BATCH = 1024  # images per evaluation forward (validation and test)
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "adadelta", "adadelta_agc")
 SCHEDULES = ("cosine", "step", "onecycle")
 # The most BasicBlocks (all stages together) that `count`, a space file and so `run` accept.
@@ -30,6 +32,7 @@ SCHEDULES = ("cosine", "step", "onecycle")
 # widths 64, 128, 256), and `count --blocks 100000` ran 8 minutes and crashed. 1,000 blocks is
 # ResNet-2002, over three times the deepest published CIFAR ResNet (ResNet-1202).
 MAX_BLOCKS = 1000
+MAX_STAGES = 6  # 32x32 halves to 1x1 at the sixth stage
 
 
 @dataclass(frozen=True)
@@ -228,3 +231,8 @@ COURSE = Config(
            epochs=200, batch_size=128,
            augment=Augment(crop_padding=4, flip=True, rotation=10.0, cutout_holes=1, cutout_length=8)),
 )
+
+# The same at the scale of search/cpu.toml: the course block counts at a quarter of its widths
+# (309,594 parameters) and that space's 3 epochs; search/seed-cpu.json holds it.
+COURSE_CPU = Config(Arch((3, 5, 3), (16, 32, 64)), dataclasses.replace(COURSE.recipe, epochs=3))
+COURSE_CONFIGS = (COURSE, COURSE_CPU)

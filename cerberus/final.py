@@ -45,7 +45,8 @@ import torch
 from cerberus import data as datasets
 from cerberus.config import Config, read_configs
 from cerberus.errors import UserError
-from cerberus.model import measure
+from cerberus import size as sizes
+from cerberus.precision import choose
 from cerberus.progress import Ticker, duration, interval_seconds
 from cerberus.space import replace_epochs
 from cerberus.study import device_name
@@ -75,6 +76,7 @@ class Options:
     data_dir: str | None
     out: Path
     storage: str | None = None  # recorded in metrics.json with the study
+    precision: str = "auto"  # cerberus.precision.PRECISIONS
 
 
 def from_trial(study: optuna.Study, number: int) -> Source:
@@ -154,7 +156,7 @@ def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], 
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
         say(f"seed {seed} ({seed + 1} of {opts.seeds}): training {config.recipe.epochs} epoch(s) on {len(train):,} images "
-            f"({opts.device}){_eta(results, opts.seeds - seed)}")
+            f"({opts.device}, {choose(opts.device, opts.precision).name}){_eta(results, opts.seeds - seed)}")
         results.append(_one_seed(config, train, test, seed, opts, _SeedWatch(seed, opts.seeds, results, say)))
         r = results[-1]
         scored = "diverged, not scored" if r.test_accuracy is None else f"test accuracy {r.test_accuracy:.4f}"
@@ -214,7 +216,8 @@ def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed:
         _write(opts.out / weights, buffer.getvalue())
 
     with watch.ticker:
-        result = fit(config, train, None, opts.device, seed=seed, on_end=on_end, progress=watch.progress)
+        result = fit(config, train, None, opts.device, seed=seed, on_end=on_end, progress=watch.progress,
+                     precision=choose(opts.device, opts.precision))
     accuracy = scored.get("accuracy")
     return SeedResult(seed, accuracy, result.train_seconds, result.images_per_s, result.epochs,
                       weights if accuracy is not None else None)
@@ -223,7 +226,7 @@ def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed:
 def _metrics(source: Source, config: Config, results: list[SeedResult], opts: Options,
              train_images: int, test_images: int) -> dict[str, Any]:
     accuracies = [r.test_accuracy for r in results if r.test_accuracy is not None]
-    size = measure(config.arch)
+    size = sizes.of(config.arch)
     return {
         "test_accuracy": statistics.fmean(accuracies) if accuracies else None,
         "test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
@@ -234,6 +237,7 @@ def _metrics(source: Source, config: Config, results: list[SeedResult], opts: Op
         "epochs": config.recipe.epochs,
         "train_seconds": sum(r.train_seconds for r in results),
         "device": device_name(opts.device),
+        "precision": choose(opts.device, opts.precision).name,
         "data": opts.data,
         "train_images": train_images,
         "test_images": test_images,

@@ -24,14 +24,16 @@ ReLU, identity or projection shortcuts, average pool, linear) and the step of
   the one flowing down the main path, the one BatchNorm or the conv returns):
   :data:`BACKWARD_MAPS` maps of the largest size. 3 bounded every net profiled on the CPU
   (0.5 to 3 of them, by torch's profiler).
-* CPU: everything in fp32; the splits are not copied (``Split.to`` of the device they are on
-  returns them), so they count as 0: they are already in the process, and in what the CPU no
-  longer offers. CUDA: under bf16 autocast the convs and the linear layer run in bf16 and
+* The step's :class:`~cerberus.precision.Precision`: in fp32 every map is 4 bytes. Under bf16
+  autocast (CUDA, and a CPU with native bf16) the convs and the linear layer run in bf16 and
   BatchNorm, ReLU, the add and the pool keep the dtype they are given (torch registers no
   autocast rule for them), so every saved map and activation gradient is bf16, 2 bytes, as is
-  the cached bf16 copy of the weights; BatchNorm's saved statistics are fp32 but one value per
-  channel. The uint8 splits with int64 labels are copied once per trial. cuDNN's workspaces are
-  an allowance, :data:`CUDA_WORKSPACE`, which no GPU has measured yet.
+  the cached bf16 copy of the weights and the input; BatchNorm's saved statistics are fp32 but
+  one value per channel.
+* CPU: the splits are not copied (``Split.to`` of the device they are on returns them), so they
+  count as 0: they are already in the process, and in what the CPU no longer offers. CUDA: the
+  uint8 splits with int64 labels are copied once per trial. cuDNN's workspaces are an
+  allowance, :data:`CUDA_WORKSPACE`, which no GPU has measured yet.
 * Building the trainer takes an fp32 copy of the whole training split for its mean and std
   (``train._stats``), 12 KiB an image: 553 MB for 45,000 CIFAR-10 images, more than a small
   net's training step; it is freed before the first step.
@@ -65,14 +67,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
-import torch
-
-from cerberus.config import Arch, Config, Recipe
+from cerberus import size
+from cerberus.config import EVAL_BATCH, NUM_CLASSES, Arch, Config, Recipe
 from cerberus.errors import UserError
-from cerberus.model import NUM_CLASSES
-from cerberus.train import EVAL_BATCH
+from cerberus.precision import Precision
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE = 3 * 32 * 32  # values in one CIFAR image
 LABEL = 8  # an int64 label
@@ -126,67 +129,20 @@ class Estimate:
         return self.runtime + max(self.weights + self.data + self.setup, held + transient)
 
 
-class _Block(NamedTuple):
-    c_in: int
-    c_out: int
-    side: int  # its output map is side x side
-    projection: bool  # a conv + BatchNorm shortcut
-
-
-def _blocks(arch: Arch) -> list[_Block]:
-    """The BasicBlocks of ``ResNet(arch)`` in order, as cerberus.model builds them."""
-    blocks, c_in, side = [], arch.widths[0], 32
-    for stage, (n, width) in enumerate(zip(arch.blocks, arch.widths)):
-        for b in range(n):
-            stride = 2 if stage > 0 and b == 0 else 1
-            side = (side - 1) // stride + 1  # an odd kernel with padding kernel // 2
-            blocks.append(_Block(c_in, width, side, stride != 1 or c_in != width))
-            c_in = width
-    return blocks
-
-
-def _features(arch: Arch) -> int:
-    """Inputs of the final linear layer: the last width times the pooled map's area."""
-    m = arch.final_map_size
-    pool = arch.pool or m
-    return arch.widths[-1] * ((m - pool) // pool + 1) ** 2
-
-
-def _weight_tensors(arch: Arch) -> list[int]:
-    """Elements of every conv and linear weight (BatchNorm's are per channel and left out)."""
-    k2, s2 = arch.conv_kernel ** 2, arch.skip_kernel ** 2
-    sizes = [3 * arch.widths[0] * k2, _features(arch) * NUM_CLASSES]
-    for b in _blocks(arch):
-        sizes += [b.c_in * b.c_out * k2, b.c_out * b.c_out * k2] + [b.c_in * b.c_out * s2] * b.projection
-    return sizes
-
-
-def _norm_channels(arch: Arch) -> list[int]:
-    """Channels of every BatchNorm."""
-    channels = [arch.widths[0]]
-    for b in _blocks(arch):
-        channels += [b.c_out] * (3 if b.projection else 2)
-    return channels
-
-
-def parameter_count(arch: Arch) -> int:
-    """``cerberus.model.count_params(arch)``, in closed form (tests keep the two equal)."""
-    return sum(_weight_tensors(arch)) + 2 * sum(_norm_channels(arch)) + NUM_CLASSES
-
-
 def saved_maps(arch: Arch, batch: int) -> list[tuple[int, int]]:
     """(values, how many) of the maps a training forward at ``batch`` keeps for backward, the
     input batch aside: the stem's two, four per block (five with a projection), the features."""
-    maps = [(batch * arch.widths[0] * 32 * 32, 2)]
-    maps += [(batch * b.c_out * b.side ** 2, 5 if b.projection else 4) for b in _blocks(arch)]
-    return maps + [(batch * _features(arch), 1)]
+    maps = [(batch * arch.widths[0] * size.IMAGE_SIDE ** 2, 2)]
+    for s in size.stages(arch):
+        maps.append((batch * s.width * s.side ** 2, 4 * s.blocks + s.projection))
+    return maps + [(batch * size.features(arch), 1)]
 
 
 def _resident(allocations: list[tuple[int, int]], cpu: bool) -> tuple[int, int]:
     """(heap, mapped): resident bytes of ``allocations`` ((bytes, how many) pairs), split by
     where the CPU's allocator puts them (see MMAP_MIN); on CUDA all of it is "mapped"."""
-    heap = sum(HEAP_COPIES * size * n for size, n in allocations if cpu and size < MMAP_MIN)
-    return heap, sum(size * n for size, n in allocations if not cpu or size >= MMAP_MIN)
+    heap = sum(HEAP_COPIES * b * n for b, n in allocations if cpu and b < MMAP_MIN)
+    return heap, sum(b * n for b, n in allocations if not cpu or b >= MMAP_MIN)
 
 
 def _state_copies(recipe: Recipe) -> int:
@@ -196,33 +152,35 @@ def _state_copies(recipe: Recipe) -> int:
     return 2  # adam, adamw: two moments; adadelta: square average and accumulated update
 
 
-def estimate(config: Config, device: torch.device, train_images: int, val_images: int) -> Estimate:
-    """What fitting ``config`` on ``device`` with splits of these sizes takes (see the module
-    docstring for what is counted and why)."""
+def estimate(config: Config, precision: Precision, train_images: int, val_images: int) -> Estimate:
+    """What fitting ``config`` in ``precision`` (which names the device type) with splits of
+    these sizes takes (see the module docstring for what is counted and why)."""
     arch, recipe = config.arch, config.recipe
-    cpu = device.type != "cuda"
-    act = 4 if cpu else 2  # bytes of a saved map or an activation gradient
-    params = parameter_count(arch)
-    weights = _weight_tensors(arch)
+    cpu = precision.device_type != "cuda"
+    act = precision.activation_bytes  # of a saved map or an activation gradient
+    params = size.params(arch)
+    weights = size.conv_weights(arch)
+    largest_weight = max(n for n, _ in weights)
+    norm_layers, norm_channels = size.norms(arch)
     batch = min(recipe.batch_size, train_images)  # as the trainer takes it
     maps = saved_maps(arch, batch)
-    step = [(act * size, n) for size, n in maps] + [(act * max(size for size, _ in maps), BACKWARD_MAPS),
+    step = [(act * values, n) for values, n in maps] + [(act * max(v for v, _ in maps), BACKWARD_MAPS),
             (4 * IMAGE * batch, AUGMENT_COPIES), (4 * batch * NUM_CLASSES, LOSS_COPIES)]
-    if not cpu:
-        step += [(2 * IMAGE * batch, 1), (2 * sum(weights), 1)]  # the bf16 input and weights
-    update = [(4 * max(weights), UPDATE_COPIES)]
+    if act == 2:
+        step += [(2 * IMAGE * batch, 1), (2 * sum(n * k for n, k in weights), 1)]  # the bf16 input and weights
+    update = [(4 * largest_weight, UPDATE_COPIES)]
     if not cpu and recipe.optimizer.startswith("adadelta"):
         update.append((4 * params, 3))  # multi-tensor kernels: whole lists of temporaries
     evaluation: list[tuple[int, int]] = []
     if val_images:
         n = min(EVAL_BATCH, val_images)
         inputs = 3 + recipe.tta_flip  # the float batch, its normalising temporaries, the mirror
-        largest = max(size for size, _ in saved_maps(arch, n))
+        largest = max(v for v, _ in saved_maps(arch, n))
         evaluation = [(act * largest, EVAL_MAPS), (4 * IMAGE * n, inputs), (4 * n * NUM_CLASSES, 2)]
     step_heap, step_mapped = _resident(step, cpu)
     eval_heap, eval_mapped = _resident(evaluation, cpu)
     return Estimate(
-        weights=4 * params + sum(4 * 2 * c + 8 for c in _norm_channels(arch)),  # running mean, var, count
+        weights=4 * params + 4 * 2 * norm_channels + 8 * norm_layers,  # running mean, var, count
         grads=4 * params,
         optimizer=4 * params * _state_copies(recipe),
         data=0 if cpu else (train_images + val_images) * (IMAGE + LABEL),
@@ -249,13 +207,15 @@ def memory_limit() -> int | None:
     return int(match[1]) * _UNITS[match[2]]
 
 
-def available(device: torch.device) -> int:
+def available(device: torch.device | str) -> int:
     """Bytes a new trial may take on ``device`` now, before :data:`HEADROOM`: on CUDA the free
     device memory plus what this process's allocator holds unused (it hands that out first); on
     the CPU what the kernel says a new allocation can get without swapping (``MemAvailable``),
     or what the cgroup (a container's ``--memory``) leaves, when that is less. Capped by
-    ``CERBERUS_MEMORY_LIMIT``."""
-    if device.type == "cuda":
+    ``CERBERUS_MEMORY_LIMIT``. ``device`` may be the string ``"cpu"`` (no torch needed)."""
+    if getattr(device, "type", device) == "cuda":
+        import torch
+
         free, _ = torch.cuda.mem_get_info(device)
         offered = free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     else:
@@ -317,6 +277,8 @@ def is_out_of_memory(e: BaseException) -> bool:
     MemoryError, or the RuntimeError of torch's CPU allocator, which reads (torch 2.14) "...
     DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes. Error code 12
     (Cannot allocate memory)"."""
+    import torch
+
     if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(e).lower()
@@ -325,7 +287,7 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 def format_bytes(n: float) -> str:
     """``n`` bytes for people: 512 B, 3.4 MiB, 1.20 GiB."""
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:,.{2 if unit in ('GiB', 'TiB') else 1}f} {unit}"
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.{2 if unit in ('GiB', 'TiB') else 1}f} {unit}"
     return f"{n:,.0f} B"

@@ -1,33 +1,33 @@
-"""The ResNet family cerberus searches, and its exact size without building weights.
+"""The ResNet family cerberus searches, and the meta-device oracle of its size.
 
 ``ResNet(arch)`` is the whole model, in the shape of kuangliu/pytorch-cifar's ResNet:
 a 3 -> widths[0] stem (no max-pool), stages of BasicBlocks, average pool, linear to 10 classes.
 With ``Arch((3, 5, 3), (64, 128, 256))`` it is the course project's ResNet-24, 4,918,602
 parameters.
 
-``measure(arch)`` builds the same module on the meta device (no memory, no weights) and
-returns its exact parameter count and forward FLOPs per image, in milliseconds, which is
-what lets the search reject an over-budget architecture before a real model exists.
+``measure(arch)`` builds the same module on the meta device (no memory, no weights) and counts
+its parameters and its forward FLOPs per image with torch's FlopCounterMode: tens of
+milliseconds. It is the oracle of :mod:`cerberus.size`, the closed form every command uses.
 
-``latency_ms(model, device)`` times inference of a batch of :data:`LATENCY_BATCH` images the
-way a trial evaluates (bf16 autocast and channels-last on CUDA, fp32 on the CPU): the median
-of several timed forwards after warm-up, with the device drained around each.
+``latency_ms(model, device, precision)`` times inference of a batch of :data:`LATENCY_BATCH`
+images the way a trial evaluates (in the trial's :class:`cerberus.precision.Precision`): the
+median of several timed forwards after warm-up, with the device drained around each.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cerberus.config import Arch
+from cerberus.config import NUM_CLASSES, Arch
+from cerberus.precision import Precision
+from cerberus.size import Size
 
-NUM_CLASSES = 10
 LATENCY_BATCH = 256
 
 
@@ -80,20 +80,8 @@ class ResNet(nn.Module):
         return self.linear(out.flatten(1))
 
 
-class Size(NamedTuple):
-    params: int
-    flops: int  # forward FLOPs for one 32x32 image, as torch's FlopCounterMode counts them
-
-
-def count_params(arch: Arch) -> int:
-    """``measure(arch).params`` without counting FLOPs: a few milliseconds, ten times faster,
-    for code that sizes many architectures."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in ResNet(arch).parameters())
-
-
 def measure(arch: Arch) -> Size:
-    """Exact parameter count and FLOPs per image of ``ResNet(arch)``, without any weights."""
+    """Parameter count and FLOPs per image of ``ResNet(arch)``, counted on the meta device."""
     with torch.device("meta"):
         model = ResNet(arch).eval()
         x = torch.empty(1, 3, 32, 32)
@@ -104,19 +92,18 @@ def measure(arch: Arch) -> Size:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, device: torch.device, batch: int = LATENCY_BATCH) -> float:
+def latency_ms(model: nn.Module, device: torch.device, precision: Precision, batch: int = LATENCY_BATCH) -> float:
     """Median milliseconds of one forward pass of ``batch`` random images on ``device``."""
     cuda = device.type == "cuda"
     model.eval()
-    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(
-        memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=precision.memory_format)
     warmup, reps = (5, 20) if cuda else (1, 5)  # a CPU forward is long enough to time alone
     times = []
     for i in range(warmup + reps):
         if cuda:
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        with precision.autocast():
             model(x)
         if cuda:
             torch.cuda.synchronize(device)

@@ -35,12 +35,11 @@ from typing import Any, Union
 
 import optuna
 
-from cerberus.config import MAX_BLOCKS, OPTIMIZERS, SCHEDULES, Arch, Augment, Config, Recipe
+from cerberus.config import MAX_BLOCKS, MAX_STAGES, OPTIMIZERS, SCHEDULES, Arch, Augment, Config, Recipe
 from cerberus.errors import UserError, read_text
-from cerberus.model import count_params
+from cerberus import size
 
 Scalar = Union[bool, int, float, str, tuple]
-MAX_STAGES = 6  # 32x32 halves to 1x1 at the sixth stage
 
 
 @dataclass(frozen=True)
@@ -417,7 +416,7 @@ def sample_archs(space: Space, n: int, seed: int = 0) -> list[Arch]:
     return [space.sample(study.ask()).arch for _ in range(n)]
 
 
-def rejected_fraction(archs: list[Arch], max_params: int, params: Callable[[Arch], int] = count_params) -> float:
+def rejected_fraction(archs: list[Arch], max_params: int, params: Callable[[Arch], int] = size.params) -> float:
     """The share of ``archs`` with more than ``max_params`` parameters (``params`` counts them;
     pass a cached count to size many repeats once)."""
     return sum(params(a) > max_params for a in archs) / len(archs)

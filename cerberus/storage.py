@@ -39,12 +39,12 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import optuna
-import sqlalchemy.engine
-import sqlalchemy.exc
-from optuna.storages import RetryHeartbeatStaleTrialCallback
+from typing import TYPE_CHECKING
 
 from cerberus.errors import UserError
+
+if TYPE_CHECKING:  # optuna and SQLAlchemy are imported where used: `count` and `--version` never load them
+    import optuna
 
 DEFAULT_STORAGE = "sqlite:///studies/cerberus.db"
 DEFAULT_STUDY = "cerberus"
@@ -60,6 +60,9 @@ DRIVER_HINT = {"postgresql": 'pip install -e ".[postgres]" (or pip install "psyc
 
 def sqlite_path(url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL, None for any other database."""
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
@@ -75,6 +78,9 @@ def open_storage(url: str, create: bool = True, heartbeat: int | None = None) ->
     """An RDBStorage for a search to write to; the SQLite file (and its folder) may be made, but
     an existing file must be empty or an Optuna database. ``heartbeat`` (seconds) turns on
     heartbeats and the retry of trials whose worker died."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
     path = sqlite_path(url)
     kwargs: dict = {}
     if path is not None:
@@ -122,6 +128,8 @@ def reading(url: str) -> Iterator[optuna.storages.RDBStorage]:
 @contextlib.contextmanager
 def read_study(name: str, url: str) -> Iterator[optuna.Study]:
     """An existing study, through :func:`reading`; an unknown name lists the ones there are."""
+    import optuna
+
     with reading(url) as storage:
         check_study(storage, name, url)
         yield optuna.load_study(study_name=name, storage=storage)
@@ -137,6 +145,9 @@ def check_study(storage: optuna.storages.BaseStorage, name: str, url: str) -> No
 
 
 def _rdb(url: str, kwargs: dict) -> optuna.storages.RDBStorage:
+    import optuna
+    import sqlalchemy.exc
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for attempt in range(CREATION_TRIES):
@@ -153,6 +164,8 @@ def _rdb(url: str, kwargs: dict) -> optuna.storages.RDBStorage:
 
 
 def _open_error(url: str, e: Exception) -> str:
+    import sqlalchemy.engine
+
     backend = sqlalchemy.engine.make_url(url).get_backend_name()
     if isinstance(e, ImportError) and backend in DRIVER_HINT:
         return f"cannot open storage {url}: the {backend} driver is not installed; {DRIVER_HINT[backend]}"
@@ -215,6 +228,8 @@ def _read_only_sqlite(path: Path):  # type: ignore[no-untyped-def]
 
 def _read_only_server(url: str) -> dict:
     """Engine options that make every transaction of a database server read-only."""
+    import sqlalchemy.engine
+
     if sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql":
         return {"connect_args": {"options": "-c default_transaction_read_only=on"}}
     return {}
@@ -250,6 +265,8 @@ def _lost_creation_race(e: Exception) -> bool:
     """Processes that open a new database at once (workers started together, a dashboard polling
     a worker's fresh file) all create Optuna's tables and insert its schema version; all but one
     fail, and find the schema complete on a second look."""
+    import sqlalchemy.exc
+
     return isinstance(e, sqlalchemy.exc.IntegrityError) or (
         isinstance(e, sqlalchemy.exc.DBAPIError) and "already exists" in str(e.orig))
 

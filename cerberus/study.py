@@ -55,7 +55,9 @@ from cerberus import data as datasets
 from cerberus import memory
 from cerberus.config import Config, Recipe
 from cerberus.errors import UserError
-from cerberus.model import LATENCY_BATCH, latency_ms, measure
+from cerberus import size as sizes
+from cerberus.model import LATENCY_BATCH, latency_ms
+from cerberus.precision import Precision, choose
 from cerberus.progress import Reporter
 from cerberus.data import Split
 from cerberus.space import Space, replace_epochs
@@ -74,7 +76,8 @@ INTERRUPTED, OUT_OF_MEMORY, ERROR, WORKER_DIED = "interrupted", "out_of_memory",
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 MAX_REJECTIONS_IN_A_ROW = 1000  # a feasible space that the sampler still cannot hit
 # What a finished trial records about how it ended; a retry, which inherits them, clears them.
-OUTCOME_ATTRS = ("reason", "error", "epochs", "train_seconds", "step_seconds", "images_per_s", "resumed_epochs")
+OUTCOME_ATTRS = ("reason", "error", "epochs", "train_seconds", "step_seconds", "images_per_s", "resumed_epochs",
+                 "epoch_seconds")
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,11 @@ class RunOptions:
     compile: bool = False  # torch.compile each trial's training forward
     objectives: tuple[str, ...] = ("accuracy",)
     grace: float | None = None  # the storage's heartbeat grace period (seconds); None: heartbeats off
+    precision: str = "auto"  # cerberus.precision.PRECISIONS
+
+    @property
+    def step_precision(self) -> Precision:
+        return choose(self.device, self.precision)
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,7 @@ def count_trained(study: optuna.Study) -> int:
 
 
 def check_budget(space: Space, max_params: int) -> None:
-    smallest = min(measure(a).params for a in space.architectures())
+    smallest = min(sizes.params(a) for a in space.architectures())
     if smallest > max_params:
         raise UserError(
             f"no architecture in {space.path} fits --max-params {max_params:,}: the smallest has "
@@ -121,7 +129,7 @@ def check_budget(space: Space, max_params: int) -> None:
         )
 
 
-def check_memory_floor(space: Space, device: torch.device, data: str) -> None:
+def check_memory_floor(space: Space, device: torch.device, data: str, precision: str = "auto") -> None:
     """Refuse (UserError) a space whose every trial would end ``over_memory`` on ``device``:
     not even its smallest architecture, at its smallest batch and with plain SGD (the least
     state), fits what the device offers now. Such a run would only reject trials."""
@@ -129,7 +137,8 @@ def check_memory_floor(space: Space, device: torch.device, data: str) -> None:
     recipe = Recipe(optimizer="sgd", momentum=0.0, batch_size=int(min(batches)))
     val = datasets.VAL_SIZE[data]
     train = datasets.TRAIN_SIZE[data] - val
-    need = min(memory.estimate(Config(a, recipe), device, train, val).total for a in space.architectures())
+    step = choose(device, precision)
+    need = min(memory.estimate(Config(a, recipe), step, train, val).total for a in space.architectures())
     offered = memory.available(device)
     if not memory.fits(need, offered):
         raise UserError(
@@ -267,6 +276,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
             raise KeyboardInterrupt
 
     multi = len(opts.objectives) > 1
+    precision = opts.step_precision
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         state["current"] = trial.number
@@ -278,7 +288,7 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
             config = replace_epochs(space.sample(trial), opts.epochs)
             trial.set_user_attr("origin", trial.number)
         origin = trial.user_attrs["origin"]
-        size = measure(config.arch)
+        size = sizes.of(config.arch)
         _set_attrs(trial, config=config.to_dict(), params=size.params, flops=size.flops, worker=WORKER)
         if "params" not in trial.constraints:  # a retry inherits it
             trial.set_constraint("params", size.params - opts.max_params)
@@ -300,7 +310,8 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
             raise
         _forget(checkpoint)
         _set_attrs(trial, epochs=result.epochs, train_seconds=result.train_seconds,
-                   step_seconds=result.step_seconds, images_per_s=result.images_per_s, device=device_name(opts.device))
+                   step_seconds=result.step_seconds, images_per_s=result.images_per_s, device=device_name(opts.device),
+                   precision=precision.name, epoch_seconds=result.epoch_seconds)
         if result.resumed_epochs:
             trial.set_user_attr("resumed_epochs", result.resumed_epochs)
         if multi:
@@ -328,14 +339,14 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
 
         def on_end(trainer: Trainer) -> None:
             if "latency" in opts.objectives:
-                trial.set_user_attr("latency_ms", latency_ms(trainer.model, opts.device))
+                trial.set_user_attr("latency_ms", latency_ms(trainer.model, opts.device, trainer.precision))
                 trial.set_user_attr("latency_batch", LATENCY_BATCH)
 
         seed = None if opts.seed is None else opts.seed * 100_003 + trial.number
         progress = Progress()  # the reporter reads it while fit trains; no device tensor in it
         reporter.training(trial.number, progress)
         return fit(config, train, val, opts.device, on_epoch, seed=seed, checkpoint=checkpoint,
-                   compile=opts.compile, on_end=on_end, progress=progress)
+                   compile=opts.compile, on_end=on_end, progress=progress, precision=precision)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         if opts.device.type == "cuda":
@@ -400,7 +411,7 @@ def check_memory(trial: optuna.Trial, config: Config, opts: RunOptions, splits: 
     constraints of a trial, takes for feasible, exactly as a negative value. (What fits depends
     on the machine and the moment; a trial's own verdict is what it records.)"""
     train, val = splits()  # loaded once, for the first trial that fits the budget
-    need = memory.estimate(config, opts.device, len(train), len(val)).total
+    need = memory.estimate(config, opts.step_precision, len(train), len(val)).total
     trial.set_user_attr("memory_bytes", need)
     offered = memory.available(opts.device)
     if memory.fits(need, offered):

@@ -16,9 +16,10 @@ fresh Optuna trial sees the whole curve, then trains the rest. Deleting the file
 
 The training step lives in :class:`Trainer`, which ``fit`` and ``cerberus.bench`` both drive,
 so the benchmark times exactly the step a trial runs. Both splits move to the device once (as
-uint8); batches are sliced, normalised and augmented there in a few batched operations. On CUDA
-the step runs under bf16 autocast with channels-last memory, cudnn autotuning and fused
-optimizers; on the CPU the same code runs in fp32. The loss is summed on the device and read
+uint8); batches are sliced, normalised and augmented there in a few batched operations. The
+step computes in ``precision`` (:mod:`cerberus.precision`; by default bf16 autocast with
+channels-last memory on CUDA and on a CPU with native bf16, fp32 elsewhere); CUDA adds cudnn
+autotuning and fused optimizers. The loss is summed on the device and read
 once per epoch, so the epoch has no host sync. ``compile=True`` runs the training forward
 through ``torch.compile``.
 
@@ -40,11 +41,11 @@ import torch
 import torch.nn.functional as F
 
 from cerberus import augment
-from cerberus.config import Config, Recipe
+from cerberus.config import EVAL_BATCH, NUM_CLASSES, Config, Recipe
 from cerberus.data import Split
-from cerberus.model import NUM_CLASSES, ResNet
+from cerberus.model import ResNet
+from cerberus.precision import Precision, choose
 
-EVAL_BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class Result:
     images_per_s: float  # training images per second of training steps
     step_seconds: float = 0.0  # the training steps alone (no evaluation, no set-up)
     history: list[float] = field(default_factory=list)  # validation accuracy per epoch
+    # wall time since the fit began at the end of each epoch it trained (restored ones have none), its evaluation included
+    epoch_seconds: list[float] = field(default_factory=list)
     stopped: bool = False  # on_epoch asked to stop
     diverged: bool = False  # the loss became NaN or infinite
     resumed_epochs: int = 0  # epochs restored from a checkpoint rather than trained here
@@ -118,13 +121,13 @@ class Trainer:
     """
 
     def __init__(self, config: Config, train: Split, device: torch.device,
-                 total_steps: int | None = None, compile: bool = False) -> None:
-        self.cuda = device.type == "cuda"
-        if self.cuda:
+                 total_steps: int | None = None, compile: bool = False, precision: Precision | None = None) -> None:
+        cuda = device.type == "cuda"
+        if cuda:
             torch.backends.cudnn.benchmark = True
         self.recipe = config.recipe
-        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
-        self.model = ResNet(config.arch).to(device, memory_format=self.memory_format)
+        self.precision = precision or choose(device)
+        self.model = ResNet(config.arch).to(device, memory_format=self.precision.memory_format)
         # Only the training forward is compiled: evaluation (other mode, other batch sizes)
         # would recompile, and it is a small share of a trial.
         self.forward = torch.compile(self.model) if compile else self.model
@@ -132,7 +135,7 @@ class Trainer:
         self.mean, self.std = _stats(self.train.images)
         self.batch = min(self.recipe.batch_size, len(train))
         self.steps_per_epoch = len(train) // self.batch
-        self.optimizer = _optimizer(self.model, self.recipe, fused=self.cuda)
+        self.optimizer = _optimizer(self.model, self.recipe, fused=cuda)
         total = self.steps_per_epoch * self.recipe.epochs if total_steps is None else total_steps
         self.scheduler = _scheduler(self.optimizer, self.recipe, total)
         self.eye = torch.eye(NUM_CLASSES, device=device)
@@ -146,8 +149,8 @@ class Trainer:
         recipe, train = self.recipe, self.train
         x, y = augment.apply(train.images[idx].float() / 255, self.eye[train.labels[idx]], recipe.augment,
                              self.mean, self.std)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.cuda):
-            logits = self.forward(x.contiguous(memory_format=self.memory_format))
+        with self.precision.autocast():
+            logits = self.forward(x.contiguous(memory_format=self.precision.memory_format))
             loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -159,8 +162,7 @@ class Trainer:
 
     def evaluate(self, split: Split) -> float:
         """Accuracy on ``split`` (moved to the device here), with the recipe's flip TTA."""
-        return evaluate(self.model, split.to(self.eye.device), self.mean, self.std,
-                        self.memory_format, self.recipe.tta_flip)
+        return evaluate(self.model, split.to(self.eye.device), self.mean, self.std, self.precision, self.recipe.tta_flip)
 
 
 def fit(
@@ -174,12 +176,14 @@ def fit(
     compile: bool = False,
     on_end: Callable[[Trainer], None] | None = None,
     progress: Progress | None = None,
+    precision: Precision | None = None,
 ) -> Result:
     """See the module docstring. ``progress``, when given, is kept up to date while training
-    (see :class:`Progress`); by default a private one nobody reads."""
+    (see :class:`Progress`); by default a private one nobody reads. ``precision`` defaults to
+    ``cerberus.precision.choose(device)``."""
     try:
         return _fit(config, train, val, device, on_epoch, seed, checkpoint, compile, on_end,
-                    Progress() if progress is None else progress)
+                    Progress() if progress is None else progress, precision or choose(device))
     finally:
         release(device, compiled=compile)
 
@@ -199,16 +203,16 @@ def release(device: torch.device, compiled: bool = False) -> None:
 
 def _fit(config: Config, train: Split, val: Split | None, device: torch.device,
          on_epoch: Callable[[int, float], bool] | None, seed: int | None, checkpoint: Path | None,
-         compile: bool, on_end: Callable[[Trainer], None] | None, progress: Progress) -> Result:
+         compile: bool, on_end: Callable[[Trainer], None] | None, progress: Progress, precision: Precision) -> Result:
     if seed is not None:
         torch.manual_seed(seed)
-    trainer = Trainer(config, train, device, compile=compile)
+    trainer = Trainer(config, train, device, compile=compile, precision=precision)
     recipe = config.recipe
     if val is not None:
         val = val.to(device)
 
     start = time.perf_counter()
-    step_seconds, history, epochs = 0.0, [], 0
+    step_seconds, history, epochs, clock = 0.0, [], 0, []
     result = dict(stopped=False, diverged=False, resumed_epochs=0)
     if checkpoint is not None and checkpoint.exists():
         step_seconds, history = _restore(checkpoint, trainer)
@@ -238,8 +242,8 @@ def _fit(config: Config, train: Split, val: Split | None, device: torch.device,
         epochs += 1
         if val is None:
             continue
-        history.append(evaluate(trainer.model, val, trainer.mean, trainer.std, trainer.memory_format,
-                                recipe.tta_flip))
+        history.append(trainer.evaluate(val))
+        clock.append(time.perf_counter() - start)
         if checkpoint is not None:
             _save(checkpoint, trainer, step_seconds, history)
         if on_epoch is not None and on_epoch(epochs, history[-1]):
@@ -254,6 +258,7 @@ def _fit(config: Config, train: Split, val: Split | None, device: torch.device,
         images_per_s=images / step_seconds if step_seconds else 0.0,
         step_seconds=step_seconds,
         history=history,
+        epoch_seconds=clock,
         **result,
     )
 
@@ -284,16 +289,18 @@ def _restore(path: Path, trainer: Trainer) -> tuple[float, list[float]]:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, mean: torch.Tensor, std: torch.Tensor,
-             memory_format: torch.memory_format = torch.contiguous_format, tta_flip: bool = False) -> float:
-    """Accuracy of ``model`` on ``split`` in large batches; with ``tta_flip`` each image is
-    scored by the sum of the logits of it and its mirror image."""
+             precision: Precision | None = None, tta_flip: bool = False) -> float:
+    """Accuracy of ``model`` on ``split`` in large batches, in ``precision`` (by default the
+    one :func:`cerberus.precision.choose` picks for the split's device); with ``tta_flip`` each
+    image is scored by the sum of the logits of it and its mirror image."""
     model.eval()
     device = split.images.device
+    precision = precision or choose(device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     for i in range(0, len(split), EVAL_BATCH):
         x = ((split.images[i : i + EVAL_BATCH].float() / 255) - mean) / std
-        x = x.contiguous(memory_format=memory_format)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        x = x.contiguous(memory_format=precision.memory_format)
+        with precision.autocast():
             logits = model(x).float()
             if tta_flip:
                 logits += model(x.flip(3)).float()

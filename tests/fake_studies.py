@@ -16,7 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, TrialState
 
 from cerberus.config import Arch, Augment, Config, Recipe
-from cerberus.model import measure
+from cerberus.size import of as measure
 
 BUDGET = 5_000_000
 EPOCHS = 15

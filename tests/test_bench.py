@@ -46,5 +46,6 @@ def test_search_seed_toml_pins_the_course_config_that_bench_and_enqueue_use():
 
 
 def test_matmul_peak_is_a_positive_rate_in_the_step_dtype():
-    flops, dtype = bench.matmul_peak(torch.device("cpu"))
-    assert flops > 1e9 and dtype == "float32"
+    for dtype in (torch.float32, torch.bfloat16):
+        flops, name = bench.matmul_peak(torch.device("cpu"), dtype)
+        assert flops > 1e9 and name == str(dtype).removeprefix("torch.")

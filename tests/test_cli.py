@@ -146,7 +146,7 @@ def test_a_budget_no_architecture_meets_ends_at_once(workdir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("run", "--space", "search/nope.toml"), "--space 'search/nope.toml': no such file, and not a shipped name; shipped: default, seed, smoke"),
+    (("run", "--space", "search/nope.toml"), "--space 'search/nope.toml': no such file, and not a shipped name; shipped: cpu, default, seed, smoke"),
     (("run", "--trials", "0"), "--trials must be positive, got 0"),
     (("run", "--trials", "many"), "Invalid value for '--trials'"),
     (("run", "--data", "imagenet"), "--data 'imagenet' is not a dataset; allowed: cifar10, synthetic"),

@@ -19,25 +19,28 @@ from cerberus import space as spaces
 from cerberus import train as training
 from cerberus.config import COURSE, MAX_BLOCKS, Arch, Augment, Config, Recipe
 from cerberus.data import synthetic
-from cerberus.model import count_params
+from cerberus.model import measure
+from cerberus.precision import choose
+from cerberus.size import norms, params as count_params
 from cerberus.progress import Reporter
 
 from conftest import ROOT, cli, refusal, run_cli
 
 CPU = torch.device("cpu")
+FP32, BF16_CUDA = choose(CPU, "fp32"), choose("cuda")
 ARCHS = [Arch((1,), (8,)), Arch((2, 2), (16, 32), skip_kernel=3), Arch((1, 1, 1), (8, 16, 32), conv_kernel=5, pool=2),
          Arch((1,) * 6, (8, 8, 16, 16, 32, 32)), Arch((2, 1), (16, 16)), COURSE.arch]
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"{a.blocks}x{a.widths}")
 def test_the_closed_form_counts_the_model_exactly(arch):
-    """Parameters as the model has them, and the maps a real training step saves for backward."""
-    assert memory.parameter_count(arch) == count_params(arch)
+    """Parameters as the model has them, and the maps a real fp32 training step saves for backward."""
+    assert count_params(arch) == measure(arch).params
     if arch == COURSE.arch:
         return  # its step is the slow one; the small nets cover every kind of block
     batch = 8
     trainer = training.Trainer(Config(arch, Recipe(batch_size=batch, augment=Augment(crop_padding=2, flip=True))),
-                               synthetic(2 * batch, seed=1), CPU)
+                               synthetic(2 * batch, seed=1), CPU, precision=FP32)
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -53,7 +56,7 @@ def test_the_closed_form_counts_the_model_exactly(arch):
     maps = sum(n for ptr, n in saved.items() if ptr not in weights)
     counted = 4 * (sum(size * n for size, n in memory.saved_maps(arch, batch)) + memory.IMAGE * batch)
     # what the closed form leaves out: BatchNorm's batch statistics (per channel), the logits and loss
-    assert counted <= maps <= counted + 4 * batch * 10 * 4 + 8 * sum(memory._norm_channels(arch)), (maps, counted)
+    assert counted <= maps <= counted + 4 * batch * 10 * 4 + 8 * norms(arch)[1], (maps, counted)
 
 
 def _peak_of_a_trial(config: Config) -> dict:
@@ -81,19 +84,21 @@ def test_the_estimate_bounds_the_measured_peak_of_a_real_trial(arch, recipe):
 def test_what_the_estimate_counts_per_device_and_optimizer():
     arch = Arch((2, 2), (32, 64))
     sgd, adam = (Config(arch, Recipe(optimizer=o, batch_size=128)) for o in ("sgd", "adam"))
-    cpu, cuda = memory.estimate(sgd, CPU, 45_000, 5_000), memory.estimate(sgd, torch.device("cuda"), 45_000, 5_000)
+    cpu, cuda = memory.estimate(sgd, FP32, 45_000, 5_000), memory.estimate(sgd, BF16_CUDA, 45_000, 5_000)
+    cpu_bf16 = memory.estimate(sgd, choose(CPU, "bf16"), 45_000, 5_000)
     params = count_params(arch)
-    assert cpu.grads == cpu.optimizer == 4 * params and memory.estimate(adam, CPU, 45_000, 5_000).optimizer == 8 * params
+    assert cpu.grads == cpu.optimizer == 4 * params and memory.estimate(adam, FP32, 45_000, 5_000).optimizer == 8 * params
     assert cpu.data == 0 and cuda.data == 50_000 * (3 * 32 * 32 + 8)  # the CPU trains on the split it holds
     assert cpu.setup == 45_000 * 3 * 32 * 32 * 4  # the float copy train._stats makes
     assert cuda.step < cpu.step and cuda.kept == 0  # bf16 maps; CUDA's allocator hands freed blocks out again
+    assert cpu_bf16.step < cpu.step and cpu_bf16.data == 0 and cpu_bf16.grads == cpu.grads  # bf16 maps, fp32 weights
     no_momentum = Config(arch, Recipe(optimizer="sgd", momentum=0.0, batch_size=128))
-    assert memory.estimate(no_momentum, CPU, 45_000, 5_000).optimizer == 0
+    assert memory.estimate(no_momentum, FP32, 45_000, 5_000).optimizer == 0
     # a step grows with the batch (the total need not: glibc's heap keeps small maps, not large
     # ones, for the evaluation to stack on), and 1,000 blocks of width 16 (the issue's
     # 4.67M parameters) need far more than a 24 GiB machine offers
-    assert memory.estimate(Config(arch, Recipe(batch_size=512)), CPU, 45_000, 5_000).step > cpu.step
-    deep = memory.estimate(Config(Arch((1000,), (16,)), Recipe(batch_size=128)), CPU, 45_000, 5_000)
+    assert memory.estimate(Config(arch, Recipe(batch_size=512)), FP32, 45_000, 5_000).step > cpu.step
+    deep = memory.estimate(Config(Arch((1000,), (16,)), Recipe(batch_size=128)), FP32, 45_000, 5_000)
     assert count_params(Arch((1000,), (16,))) < 5_000_000 and deep.total > 48 * 2**30
 
 
@@ -125,7 +130,7 @@ def test_a_trial_that_cannot_fit_ends_pruned_untrained(workdir, monkeypatch):
     """A real smoke search under CERBERUS_MEMORY_LIMIT set between what its two first-stage
     widths need: the wide nets end PRUNED over_memory, untrained and infeasible for TPE; the
     narrow one trains, and only it counts towards --trials."""
-    need = {w: memory.estimate(Config(Arch((1,), (w,)), Recipe(optimizer="nesterov", batch_size=64)), CPU, 4500, 500).total
+    need = {w: memory.estimate(Config(Arch((1,), (w,)), Recipe(optimizer="nesterov", batch_size=64)), choose(CPU), 4500, 500).total
             for w in (8, 16)}
     assert need[8] < need[16]
     limit = int((need[8] + need[16]) / 2 / memory.HEADROOM)
@@ -175,7 +180,7 @@ def test_count_prints_the_memory_a_trial_needs(capsys, monkeypatch):
     args = ("count", "--blocks", "3,5,3", "--channels", "64,128,256", "--device", "cpu")
     assert run_cli(*args, "--json") == 0
     out = json.loads(capsys.readouterr().out)
-    expected = memory.estimate(Config(COURSE.arch, Recipe(batch_size=128)), CPU, 45_000, 5_000).total
+    expected = memory.estimate(Config(COURSE.arch, Recipe(batch_size=128)), choose(CPU), 45_000, 5_000).total
     assert out["train_memory_bytes"] == expected and out["batch_size"] == 128 and out["memory_device"] == "cpu"
     assert out["fits_memory"] == memory.fits(expected, out["memory_available_bytes"])
     assert run_cli(*args, "--batch-size", "512", "--optimizer", "adam", "--json") == 0
@@ -183,7 +188,7 @@ def test_count_prints_the_memory_a_trial_needs(capsys, monkeypatch):
     monkeypatch.setenv(memory.MEMORY_LIMIT_ENV, "1G")
     assert run_cli(*args) == 0
     text = capsys.readouterr().out
-    assert "fits --max-params 5,000,000; a trial at batch 128 (sgd, 45,000 CIFAR-10 images) needs about" in text
+    assert f"fits --max-params 5,000,000; a trial at batch 128 (sgd, {choose(CPU).name}, 45,000 CIFAR-10 images) needs about" in text
     assert f"does NOT fit this machine's cpu (1.00 GiB available under {memory.MEMORY_LIMIT_ENV}" in text
     monkeypatch.setenv(memory.MEMORY_LIMIT_ENV, "lots")
     assert "CERBERUS_MEMORY_LIMIT='lots' is not a memory size" in refusal(capsys, *args)

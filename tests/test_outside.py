@@ -64,7 +64,7 @@ def test_the_wheel_ships_search_and_runs_a_shipped_space_from_an_empty_folder(tm
     r = run("train", "--config", "seed", "--out", "taken", "--device", "cpu", "--data", "synthetic")
     assert r.returncode == 2 and r.stderr == "error: --out taken is a file; give a folder\n", r.stderr
     r = run("run", "--space", "nope", "--data", "synthetic")
-    assert r.returncode == 2 and "shipped: default, seed, smoke" in r.stderr
+    assert r.returncode == 2 and "shipped: cpu, default, seed, smoke" in r.stderr
 
 
 def test_a_shipped_name_and_the_default_space_resolve_anywhere(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 from cerberus import data as datasets
 from cerberus.config import Arch
 from cerberus import model as models
+from cerberus import size as sizes
 from cerberus import space as spaces
 from cerberus import study as studies
 from cerberus.errors import UserError
@@ -36,7 +37,7 @@ def test_over_budget_trials_build_no_model_and_touch_no_data(tmp_path, monkeypat
     monkeypatch.setattr(models.ResNet, "__init__", spy_init)
     monkeypatch.setattr(datasets, "search_splits", spy_splits)
     space = write_space(tmp_path)
-    small, big = (models.measure(Arch((1,), (w,))).params for w in (8, 64))
+    small, big = (sizes.params(Arch((1,), (w,))) for w in (8, 64))
     assert small < 5_000 < big
     study = studies.create_study("t", optuna.storages.InMemoryStorage(), seed=0)
     opts = studies.RunOptions(trials=3, max_params=5_000, data="synthetic")

@@ -1,0 +1,86 @@
+"""The number format a training step computes in, chosen from what the hardware does natively.
+
+``choose(device, wanted)`` returns a :class:`Precision`: ``bf16`` runs the forward under
+``torch.autocast`` in bfloat16 with channels-last activations (the convs and the linear layer
+in bf16, and BatchNorm, ReLU, the add and the pool in the bf16 they are given; the loss, the
+weights, their gradients and the optimizer state stay fp32), ``fp32`` is
+plain fp32 in the default NCHW layout. ``auto``, the default everywhere, is bf16 on CUDA and on
+a CPU that computes bf16 in hardware (:func:`cpu_has_native_bf16`), and fp32 on any other CPU,
+where oneDNN would only emulate bf16 and run slower than fp32.
+
+The same object serves a trial, ``train``, ``bench`` and the memory estimate, so all four
+speak of one step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a step runs: `count` sizes a net without it
+    import torch
+
+PRECISIONS = ("auto", "bf16", "fp32")
+# /proc/cpuinfo flags of a CPU with bf16 dot products: x86's AVX512-BF16 and AMX (Sapphire
+# Rapids on, Zen 4 on), Arm's FEAT_BF16 (Graviton 3, Neoverse V1 on, Apple M2 on).
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # "bf16" or "fp32"
+    device_type: str  # "cpu" or "cuda"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the convs and the linear layer: what MFU is measured against."""
+        import torch
+
+        return torch.bfloat16 if self.name == "bf16" else torch.float32
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        import torch
+
+        # oneDNN and cuDNN both run bf16 convs fastest on NHWC; in fp32 on the CPU, NCHW is faster.
+        return torch.channels_last if self.name == "bf16" else torch.contiguous_format
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes of one saved map or activation gradient."""
+        return 2 if self.name == "bf16" else 4
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        import torch
+
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.name == "bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether this CPU's flags (Linux's /proc/cpuinfo) include a bf16 instruction set; False
+    where the file cannot be read (another OS): fp32 is the safe side."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features") and BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+def choose(device: torch.device | str, wanted: str = "auto", native_bf16: bool | None = None) -> Precision:
+    """The precision of a step on ``device``: ``wanted`` when it is bf16 or fp32, else (auto)
+    bf16 on CUDA and on a CPU with native bf16 (``native_bf16``, by default what
+    :func:`cpu_has_native_bf16` finds), fp32 elsewhere."""
+    if wanted not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {wanted!r}")
+    kind = device if isinstance(device, str) else device.type
+    if wanted == "auto":
+        native = kind == "cuda" or (cpu_has_native_bf16() if native_bf16 is None else native_bf16)
+        wanted = "bf16" if native else "fp32"
+    return Precision(wanted, kind)
