@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, child_env
 
 
 def main() -> None:
@@ -89,7 +89,7 @@ def main() -> None:
 
     overhead = json.loads(subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--storage", storage, "--study", "cpu", "--json"],
-        capture_output=True, text=True, check=True, env=env()).stdout.strip().splitlines()[-1])
+        capture_output=True, text=True, check=True, env=child_env()).stdout.strip().splitlines()[-1])
     summary["overhead"] = overhead
     say(f"overhead: {overhead['overhead']:.1%} of {overhead['wall_s']:.0f} s outside training steps")
     summary["time_to_accuracy"] = time_to_accuracy(storage, best["trial"])
@@ -159,18 +159,13 @@ def time_to_accuracy(storage: str, best: int) -> dict[str, Any]:
 def cli(args: list[str], cwd: Path) -> float:
     say(f"$ {command_line(args)}")
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cerberus", *args], cwd=cwd, check=True, env=env())
+    subprocess.run([sys.executable, "-m", "cerberus", *args], cwd=cwd, check=True, env=child_env())
     return time.perf_counter() - t0
 
 
 def cli_output(args: list[str], cwd: Path) -> str:
-    return subprocess.run([sys.executable, "-m", "cerberus", *args], cwd=cwd, check=True, env=env(),
+    return subprocess.run([sys.executable, "-m", "cerberus", *args], cwd=cwd, check=True, env=child_env(),
                           capture_output=True, text=True).stdout
-
-
-def env() -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH")  # keep what is there (the device setup puts optuna on it)
-    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
 
 
 def command_line(args: list[str]) -> str:

@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# The GPU figures of issues 3 and 4, prepared so that no device time goes to writing commands.
-# From the repository root of a checkout on the GPU machine, in two calls of the device tool
-# (each at most 8 minutes by its steps' limits, under the 10 a call may run):
+# The GPU figures, prepared so that no device time goes to writing commands. A lent machine gives
+# a session 15 minutes of device time in all, its start-up included, so this is two calls of at
+# most 5 minutes each (setup included), the most important figures first. From the repository
+# root of a checkout on the GPU machine, `.device` in the call's carry (filled as the developers'
+# guide says: about 60 MiB of the 64 a call may carry, so keep the checkout itself small):
 #
-#     source .device/setup.sh && bash benchmarks/gpu_session.sh env bench memory search
-#     source .device/setup.sh && bash benchmarks/gpu_session.sh workers accuracy
+#     source .device/setup.sh && bash benchmarks/gpu_session.sh env bench search     # ~4.5 min
+#     source .device/setup.sh && bash benchmarks/gpu_session.sh accuracy memory      # ~4.5 min
 #
-# and `compile` alone in a third, if device time is left.
+# and `workers` or `compile` in a third call only if device time is left.
 #
-# Each step runs under its own time limit, so a slow one cannot eat the rest; what it prints
-# lands in $OUT/<step>.out (one JSON object per command where the command has --json), its
-# messages and exit code in $OUT/log.txt. Copy the figures into benchmarks/RESULTS.md with the
-# commands from log.txt. DATA_DIR (default /tmp/cifar10) must hold cifar-10-batches-py; on the
-# shared JPEG copy every accuracy is a JPEG-copy figure, not a CIFAR-10 result.
+# Each step runs under its own time limit, so a slow one cannot eat the rest. Python runs
+# unbuffered and every benchmark prints each row as it finishes, so a step stopped by its limit
+# leaves the rows it finished in $OUT/<step>.out (one JSON object per command where the command
+# has --json); messages and exit codes go to $OUT/log.txt. Databases and checkpoints live in
+# $SCRATCH, outside $OUT: a killed trial leaves a checkpoint of 40 to 60 MB, over the 16 MiB a
+# file may be to come back; the search's SQLite file (small) is copied to $OUT after its step.
+# DATA_DIR (default /tmp/cifar10) must hold cifar-10-batches-py; on the shared JPEG copy every
+# accuracy is a JPEG-copy figure, not a CIFAR-10 result. DEVICE=cpu DATA=synthetic runs the same
+# steps here, to check the script before device time is spent on it.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
+SCRATCH=${SCRATCH:-/tmp/cerberus-gpu}
 DATA_DIR=${DATA_DIR:-/tmp/cifar10}
+DATA=${DATA:-cifar10}
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
-mkdir -p "$OUT"
-ON_DATA=(--data cifar10 --data-dir "$DATA_DIR")
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$SCRATCH"
+ON_DATA=(--data "$DATA" --data-dir "$DATA_DIR")
 
 step() {  # step NAME LIMIT_S COMMAND...: output appended to $OUT/NAME.out
     local name=$1 limit=$2
@@ -31,46 +40,47 @@ step() {  # step NAME LIMIT_S COMMAND...: output appended to $OUT/NAME.out
 }
 
 run_env() {
-    step env 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-    step env 30 "$PY" -c "import sys, torch, optuna; print(sys.version.split()[0], torch.__version__, torch.version.cuda, optuna.__version__)"
+    step env 20 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    step env 20 "$PY" -c "import sys, torch, optuna, cerberus; print(sys.version.split()[0], torch.__version__, torch.version.cuda, optuna.__version__, cerberus.__version__)"
 }
 
-run_bench() {  # issue 3: >= 15x the course loop, >= 35% MFU (ResNet-24, batch 128)
-    step bench 150 "$PY" -m cerberus bench --device "$DEVICE" "${ON_DATA[@]}" --steps 50 --baseline --json
-    step bench 60 "$PY" -m cerberus bench --device "$DEVICE" "${ON_DATA[@]}" --steps 50 --batch-size 512 --json
+run_bench() {  # the course net's step against the course project's loop and a plain fp32 loop; MFU
+    step bench 75 "$PY" -m cerberus bench --device "$DEVICE" "${ON_DATA[@]}" --steps 50 --baseline --plain --json
+    step bench 40 "$PY" -m cerberus bench --device "$DEVICE" "${ON_DATA[@]}" --steps 50 --batch-size 512 --json
 }
 
-run_memory() {  # issues 3 and 5: memory after trial 20 equals memory after trial 1
-    step memory 60 "$PY" benchmarks/cuda_memory.py --device "$DEVICE" --trials 20 --json
-}
-
-run_search() {  # issue 3: <= 5% of a search's wall time outside training steps; issue 4: epochs
-    local db="$OUT/search.db"
-    step search 150 "$PY" -m cerberus run --space search/default.toml --epochs 3 --trials 6 --seed 0 \
+run_search() {  # a short real search and the share of its wall time outside training steps
+    local db="$SCRATCH/search.db"
+    step search 100 "$PY" -m cerberus run --space default --epochs 3 --trials 6 --seed 0 \
         --no-enqueue-seed --device "$DEVICE" "${ON_DATA[@]}" --storage "sqlite:///$db"
-    step search 30 "$PY" benchmarks/overhead.py --storage "sqlite:///$db" --json
+    step search 20 "$PY" benchmarks/overhead.py --storage "sqlite:///$db" --json
+    cp "$db" "$OUT/search.db" 2>> "$OUT/log.txt"
 }
 
-run_workers() {  # issue 3: trials per hour with K workers on one GPU
-    step workers 200 "$PY" benchmarks/gpu_workers.py --data-dir "$DATA_DIR" --trials 6 --epochs 2 \
-        --workers 1,2,4 --json
-}
-
-run_accuracy() {  # issue 3: time to 94% / 95% validation accuracy, fast recipe against the seed's
-    step accuracy 200 "$PY" benchmarks/time_to_accuracy.py --device "$DEVICE" --data-dir "$DATA_DIR" \
+run_accuracy() {  # time to 94% / 95% validation accuracy, a fast recipe against the course recipe
+    step accuracy 180 "$PY" benchmarks/time_to_accuracy.py --device "$DEVICE" "${ON_DATA[@]}" \
         --fast-epochs 30 --seed-minutes 1 --json
 }
 
-run_compile() {  # issue 3: does torch.compile repay its compile time within a trial?
+run_memory() {  # the memory after trial 20 equals the memory after trial 1
+    step memory 60 "$PY" benchmarks/cuda_memory.py --device "$DEVICE" --trials 20 --json
+}
+
+run_workers() {  # trials per hour with K workers on one GPU
+    step workers 200 "$PY" benchmarks/gpu_workers.py "${ON_DATA[@]}" --device "$DEVICE" --trials 6 --epochs 2 \
+        --workers 1,2,4 --json
+}
+
+run_compile() {  # does torch.compile repay its compile time within a trial?
     step compile 180 "$PY" -m cerberus bench --device "$DEVICE" "${ON_DATA[@]}" --steps 200 --compile --json
 }
 
-steps=("$@")
-[ ${#steps[@]} -eq 0 ] && { echo "name the steps: env bench memory search workers accuracy compile" >&2; exit 2; }
-for s in "${steps[@]}"; do
-    case $s in
-        env|bench|memory|search|workers|accuracy|compile) "run_$s" ;;
-        *) echo "unknown step '$s'; allowed: env bench memory search workers accuracy compile" >&2; exit 2 ;;
+STEPS="env bench search accuracy memory workers compile"
+[ $# -eq 0 ] && { echo "name the steps: $STEPS" >&2; exit 2; }
+for s in "$@"; do
+    case " $STEPS " in
+        *" $s "*) "run_$s" ;;
+        *) echo "unknown step '$s'; allowed: $STEPS" >&2; exit 2 ;;
     esac
 done
 echo "done: $OUT/log.txt"

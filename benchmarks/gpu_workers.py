@@ -25,7 +25,7 @@ from pathlib import Path
 
 import optuna
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, child_env
 
 
 def main() -> None:
@@ -49,18 +49,17 @@ def main() -> None:
             if a.data_dir:
                 cmd += ["--data-dir", a.data_dir]
             t0 = time.perf_counter()
-            done = subprocess.run(cmd, cwd=tmp, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+            done = subprocess.run(cmd, cwd=tmp, env=child_env(), capture_output=True, text=True)
             seconds = time.perf_counter() - t0
             if done.returncode != 0:
                 sys.exit(f"K={k}: exit {done.returncode}\n{done.stderr[-2000:]}")
             trials = optuna.load_study(study_name=f"workers-{k}", storage=storage).get_trials(deepcopy=False)
             trained = sum(t.state.name in ("COMPLETE", "PRUNED") and t.user_attrs.get("reason") != "over_budget" for t in trials)
-            rows.append({"workers": k, "seconds": seconds, "trained": trained, "trials_per_hour": 3600 * trained / seconds})
-    base = rows[0]["trials_per_hour"]
-    for r in rows:
-        r["vs_first"] = r["trials_per_hour"] / base
-        print(f"workers {r['workers']}: {r['trained']} trained trials in {r['seconds']:.0f} s = "
-              f"{r['trials_per_hour']:.1f} trials/hour ({r['vs_first']:.2f}x workers {rows[0]['workers']})")
+            r = {"workers": k, "seconds": seconds, "trained": trained, "trials_per_hour": 3600 * trained / seconds}
+            r["vs_first"] = r["trials_per_hour"] / (rows[0] if rows else r)["trials_per_hour"]
+            rows.append(r)
+            print(f"workers {k}: {trained} trained trials in {seconds:.0f} s = {r['trials_per_hour']:.1f} trials/hour "
+                  f"({r['vs_first']:.2f}x workers {rows[0]['workers']})", flush=True)  # a row as soon as it is measured
     if a.json:
         print(json.dumps({"device": a.device, "epochs": a.epochs, "space": a.space, "rows": rows}))
 

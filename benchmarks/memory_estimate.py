@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, child_env  # benchmarks/ is sys.path[0] when run as a script
 sys.path.insert(0, str(ROOT))
 
 from cerberus.config import COURSE, Arch, Augment, Config, Recipe  # noqa: E402
@@ -117,7 +117,7 @@ def main() -> None:
 
     from cerberus.size import params as count_params
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     rows = []
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPU(s), {a.steps} steps + "
           f"one evaluation per trial, each in a fresh process", flush=True)

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, child_env  # benchmarks/ is sys.path[0] when run as a script
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import optuna  # noqa: E402
@@ -49,7 +49,7 @@ def main() -> None:
     print(f"python {platform.python_version()}, optuna {optuna.__version__}, {os.cpu_count()} CPUs, {platform.machine()}")
 
     out = args.db.with_suffix(".html")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     for i in range(args.repeat):
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "cerberus", "report", "--study", name, "--storage", url, "--out", str(out)],

@@ -26,11 +26,11 @@ EVAL_BATCH = 1024  # images per evaluation forward (validation and test)
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "adadelta", "adadelta_agc")
 SCHEDULES = ("cosine", "step", "onecycle")
 # The most BasicBlocks (all stages together) that `count`, a space file and so `run` accept.
-# Sizing a net on the meta device (cerberus.model.measure: build, then a FLOP-counted forward)
-# grows with depth: 0.45 s at 100 blocks, 1.9 s at 500, 3.9 s at 1,000, 19.7 s at 5,000 (one
-# stage of width 16, two CPU cores; 2.0 s for three stages of 200 and 3.7 s for 334+333+333 of
-# widths 64, 128, 256), and `count --blocks 100000` ran 8 minutes and crashed. 1,000 blocks is
-# ResNet-2002, over three times the deepest published CIFAR ResNet (ResNet-1202).
+# The closed-form size (cerberus.size) takes microseconds at any depth, but building a net, and
+# its meta-device oracle (cerberus.model.measure), grow with depth: the oracle took 0.45 s at
+# 100 blocks, 3.9 s at 1,000, 19.7 s at 5,000 (one stage of width 16, two CPU cores), and
+# `count --blocks 100000`, when it still built the net, ran 8 minutes and crashed. 1,000 blocks
+# is ResNet-2002, over three times the deepest published CIFAR ResNet (ResNet-1202).
 MAX_BLOCKS = 1000
 MAX_STAGES = 6  # 32x32 halves to 1x1 at the sixth stage
 
