@@ -309,11 +309,10 @@ def test_a_database_server_that_does_not_answer_is_one_line(tmp_path, monkeypatc
 
 
 def test_a_space_whose_every_trial_would_be_over_memory_is_refused_at_once(tmp_path, monkeypatch, capsys):
-    """Like the issue's space of 1,000 blocks (4.67M parameters, inside the budget; 63 GiB a trial),
-    one of 400 needs over 20 GiB: `run` refuses it before any trial, instead of rejecting trial
-    after trial."""
+    """The issue's space of 1,000 blocks (4.67M parameters, inside the budget; over 30 GiB a trial
+    even in bf16): `run` refuses it before any trial, instead of rejecting trial after trial."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "deep.toml").write_text("[arch]\nstages = 1\nblocks = 400\nwidths = 16\n")
+    (tmp_path / "deep.toml").write_text("[arch]\nstages = 1\nblocks = 1000\nwidths = 16\n")
     monkeypatch.setenv("CERBERUS_MEMORY_LIMIT", "16G")  # the same verdict on any machine up to that size
     err = refusal(capsys, "run", "--space", "deep.toml", "--data", "synthetic", "--device", "cpu")
     assert "no trial of deep.toml fits the memory of cpu: the smallest architecture at batch 128 needs about" in err
