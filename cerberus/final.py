@@ -46,7 +46,7 @@ from cerberus import data as datasets
 from cerberus.config import Config, read_configs
 from cerberus.errors import UserError
 from cerberus import size as sizes
-from cerberus.precision import choose
+from cerberus.precision import Precision, choose
 from cerberus.progress import Ticker, duration, interval_seconds
 from cerberus.space import replace_epochs
 from cerberus.study import device_name
@@ -151,17 +151,18 @@ def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], 
     """
     config = replace_epochs(source.config, epochs)
     train, test = datasets.train_split(opts.data, opts.data_dir), datasets.test_split(opts.data, opts.data_dir)
+    precision = choose(opts.device, opts.precision)
     results: list[SeedResult] = []
     for seed in range(opts.seeds):
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
         say(f"seed {seed} ({seed + 1} of {opts.seeds}): training {config.recipe.epochs} epoch(s) on {len(train):,} images "
-            f"({opts.device}, {choose(opts.device, opts.precision).name}){_eta(results, opts.seeds - seed)}")
-        results.append(_one_seed(config, train, test, seed, opts, _SeedWatch(seed, opts.seeds, results, say)))
+            f"({opts.device}, {precision.name}){_eta(results, opts.seeds - seed)}")
+        results.append(_one_seed(config, train, test, seed, opts, precision, _SeedWatch(seed, opts.seeds, results, say)))
         r = results[-1]
         scored = "diverged, not scored" if r.test_accuracy is None else f"test accuracy {r.test_accuracy:.4f}"
         say(f"seed {seed} ({seed + 1} of {opts.seeds}): {scored}, {r.train_seconds:.1f} s")
-    metrics = _metrics(source, config, results, opts, len(train), len(test))
+    metrics = _metrics(source, config, results, opts, precision, len(train), len(test))
     _write(opts.out / CONFIG, config.to_json(indent=2).encode())
     _write(opts.out / METRICS, json.dumps(metrics, indent=2).encode())
     return metrics
@@ -204,7 +205,7 @@ class _SeedWatch:
         return text
 
 
-def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed: int, opts: Options,
+def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed: int, opts: Options, precision: Precision,
               watch: _SeedWatch) -> SeedResult:
     scored: dict[str, float] = {}
     weights = f"seed-{seed}.pt"
@@ -217,13 +218,13 @@ def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed:
 
     with watch.ticker:
         result = fit(config, train, None, opts.device, seed=seed, on_end=on_end, progress=watch.progress,
-                     precision=choose(opts.device, opts.precision))
+                     precision=precision)
     accuracy = scored.get("accuracy")
     return SeedResult(seed, accuracy, result.train_seconds, result.images_per_s, result.epochs,
                       weights if accuracy is not None else None)
 
 
-def _metrics(source: Source, config: Config, results: list[SeedResult], opts: Options,
+def _metrics(source: Source, config: Config, results: list[SeedResult], opts: Options, precision: Precision,
              train_images: int, test_images: int) -> dict[str, Any]:
     accuracies = [r.test_accuracy for r in results if r.test_accuracy is not None]
     size = sizes.of(config.arch)
@@ -237,7 +238,7 @@ def _metrics(source: Source, config: Config, results: list[SeedResult], opts: Op
         "epochs": config.recipe.epochs,
         "train_seconds": sum(r.train_seconds for r in results),
         "device": device_name(opts.device),
-        "precision": choose(opts.device, opts.precision).name,
+        "precision": precision.name,
         "data": opts.data,
         "train_images": train_images,
         "test_images": test_images,

@@ -15,6 +15,7 @@ speak of one step.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,6 +60,7 @@ class Precision:
         return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.name == "bf16")
 
 
+@functools.cache  # a CPU's flags do not change while a process runs; every trial asks
 def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
     """Whether this CPU's flags (Linux's /proc/cpuinfo) include a bf16 instruction set; False
     where the file cannot be read (another OS): fp32 is the safe side."""
