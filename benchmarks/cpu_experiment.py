@@ -125,7 +125,7 @@ def study_figures(storage: str) -> dict[str, Any]:
     from optuna.trial import TrialState
 
     from cerberus.storage import read_study
-    from cerberus.study import is_trained
+    from cerberus.trials import is_trained
 
     with read_study("cpu", storage) as study:
         trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete and t.datetime_start]

@@ -21,7 +21,11 @@ import torch
 from cerberus import data as datasets
 from cerberus import space as spaces
 from cerberus import storage as stores
+from cerberus import search as searches
 from cerberus import study as studies
+from cerberus import trials as records
+from cerberus.trials import Reason
+from cerberus.devices import resolve_device
 from cerberus.progress import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +39,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    device = studies.resolve_device(a.device)
+    device = resolve_device(a.device)
     if device.type != "cuda":
         raise SystemExit("this benchmark measures CUDA memory: give --device cuda or cuda:N")
     splits = datasets.search_splits("synthetic")
@@ -49,9 +53,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         study = studies.create_study("memory", stores.open_storage(f"sqlite:///{tmp}/m.db", create=True), seed=0)
-        opts = studies.RunOptions(a.trials, epochs=a.epochs, device=device, data="synthetic", seed=0)
+        opts = searches.RunOptions(a.trials, epochs=a.epochs, device=device, data="synthetic", seed=0)
         with Reporter(a.trials, 0) as reporter:
-            studies.run(study, space, opts, reporter, splits=lambda: splits, callbacks=[measure])
+            searches.run(study, space, opts, reporter, splits=lambda: splits, callbacks=[measure])
     for r in rows:
         print(f"after trial {r['trial']}: {r['allocated'] / 2**20:.1f} MiB allocated, {r['reserved'] / 2**20:.1f} MiB reserved")
     growth = rows[-1]["allocated"] - rows[0]["allocated"]

@@ -16,7 +16,7 @@ import json
 
 import optuna
 
-from cerberus.study import is_trained
+from cerberus.trials import is_trained
 
 
 def main() -> None:

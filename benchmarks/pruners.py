@@ -3,7 +3,7 @@ training replaced by a learning-curve simulator, for several pairs over several 
 
 Each study is :func:`cerberus.study.run` itself on the default space (sampling, the budget
 check with its rejections and constraints, per-epoch reports, the pruner's cuts, the count
-of 50 trained trials), with :func:`cerberus.train.fit` swapped for :func:`simulated_fit`, so a
+of 50 trained trials), with :class:`cerberus.train.Fit` swapped for :class:`SimulatedFit` (the search's ``trainer``), so a
 study costs seconds instead of GPU hours. Each study first trains ``--trials`` trials, then
 goes on (as ``run`` resumes a study) until it has spent the cost of ``--trials`` full trials
 of the median net of the space, so that pairs that prune can also be compared at equal
@@ -41,7 +41,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -49,11 +49,14 @@ import torch
 from rich.console import Console
 
 from cerberus import space as spaces
+from cerberus import search as searches
 from cerberus import study as studies
+from cerberus import trials as records
+from cerberus.trials import Reason
 from cerberus.config import Arch, Config
 from cerberus.size import flops as count_flops, params as count_params
 from cerberus.progress import Reporter
-from cerberus.train import Result
+from cerberus.train import Epoch, Result
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 5_000_000
@@ -114,16 +117,46 @@ def curve(config: Config, seed: int) -> list[float]:
             for e in range(1, epochs + 1)]
 
 
-def simulated_fit(config: Config, train: object, val: object, device: torch.device,
-                  on_epoch: Callable[[int, float], bool] | None = None, seed: int | None = None, **_: object) -> Result:
-    """:func:`cerberus.train.fit`'s contract, with the simulated curve instead of training."""
-    history = curve(config, seed or 0)
-    if not history:
-        return Result(0.0, 0, 0.0, 0.0, diverged=True)
-    for epoch, accuracy in enumerate(history, 1):
-        if on_epoch is not None and on_epoch(epoch, accuracy):
-            return Result(accuracy, epoch, 0.0, 0.0, history=history[:epoch], stopped=True)
-    return Result(history[-1], len(history), 0.0, 0.0, history=history)
+class _Sized:  # the memory check reads the splits' lengths only
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+SIZES = (_Sized(45_000), _Sized(5_000))
+
+
+class SimulatedFit:
+    """:class:`cerberus.train.Fit`'s contract as the search uses it, with the simulated curve
+    instead of training (no model: no latency objective, no checkpoint)."""
+
+    def __init__(self, config: Config, train: object, val: object, device: torch.device, seed: int | None = None,
+                 **_: object) -> None:
+        self.curve, self.history, self.diverged = curve(config, seed or 0), [], False
+
+    def __enter__(self) -> "SimulatedFit":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def restore(self, state: dict) -> None:
+        raise AssertionError("the simulation keeps no checkpoints")
+
+    def __iter__(self) -> Iterator[Epoch]:
+        if not self.curve:
+            self.diverged = True
+            yield Epoch(1, None, diverged=True)
+            return
+        for epoch, accuracy in enumerate(self.curve, 1):
+            self.history.append(accuracy)
+            yield Epoch(epoch, accuracy, 0.0)
+
+    def result(self) -> Result:
+        return Result(self.history[-1] if self.history else 0.0, len(self.history), 0.0, 0.0, history=list(self.history),
+                      diverged=self.diverged)
 
 
 def pairs(epochs: int) -> dict[str, tuple[str, Callable[[], optuna.pruners.BasePruner]]]:
@@ -154,10 +187,10 @@ def one_study(space: spaces.Space, sampler: str, pruner: optuna.pruners.BasePrun
     study.pruner = pruner
     target = trials
     while True:
-        opts = studies.RunOptions(trials=target, max_params=BUDGET, seed=seed)
+        opts = searches.RunOptions(trials=target, max_params=BUDGET, seed=seed)
         with Reporter(target, 0, console=Console(quiet=True)) as reporter:
-            studies.run(study, space, opts, reporter, splits=lambda: (None, None))
-        trained = [t for t in study.trials if studies.is_trained(t)]
+            searches.run(study, space, opts, reporter, splits=lambda: SIZES, trainer=SimulatedFit)
+        trained = [t for t in study.trials if records.is_trained(t)]
         if _cost(trained) >= budget:
             break
         target += 10
@@ -168,7 +201,7 @@ def one_study(space: spaces.Space, sampler: str, pruner: optuna.pruners.BasePrun
         "epochs": sum(t.user_attrs.get("epochs", 0) for t in first),
         "cost": _cost(first) / budget,
         "completed": sum(t.state == optuna.trial.TrialState.COMPLETE for t in first),
-        "rejected": sum(t.user_attrs.get("reason") == studies.OVER_BUDGET for t in study.trials[: first[-1].number + 1]),
+        "rejected": sum(t.user_attrs.get("reason") == Reason.OVER_BUDGET for t in study.trials[: first[-1].number + 1]),
         "budget_trials": len(affordable),
         "budget_true": _true_best(affordable),
     }
@@ -225,7 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    studies.fit = simulated_fit  # the one substitution: run() trains through this name
     print("surrogate: rank correlation of epoch-k accuracy with the final, random configs:",
           ", ".join(f"epoch {e}: {r:.2f}" for e, r in rank_correlations(space).items()))
     median_flops = statistics.median(count_flops(c.arch) for c in _random_configs(space, 200) if _params(c.arch) <= BUDGET)

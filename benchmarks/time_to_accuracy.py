@@ -26,8 +26,8 @@ import time
 
 from cerberus import data as datasets
 from cerberus.config import COURSE, Augment, Config, Recipe
-from cerberus.study import device_name, resolve_device
-from cerberus.train import fit
+from cerberus.devices import device_name, resolve_device
+from cerberus.train import Fit
 
 TARGETS = (0.94, 0.95)
 # Large batches and one-cycle with label smoothing and flip TTA: the usual fast CIFAR-10 recipe
@@ -65,14 +65,13 @@ def main() -> None:
 
 def _curve(name: str, config: Config, train: datasets.Split, val: datasets.Split, device, limit_s: float | None) -> dict:
     start, seconds, accuracy = time.perf_counter(), [], []
-
-    def on_epoch(epoch: int, acc: float) -> bool:
-        seconds.append(time.perf_counter() - start)
-        accuracy.append(acc)
-        print(f"{name} epoch {epoch}/{config.recipe.epochs}: {seconds[-1]:.1f} s, val {acc:.4f}", flush=True)
-        return limit_s is not None and seconds[-1] > limit_s
-
-    fit(config, train, val, device, on_epoch, seed=0)
+    with Fit(config, train, val, device, seed=0) as run:
+        for epoch in run:
+            seconds.append(time.perf_counter() - start)
+            accuracy.append(epoch.val_accuracy)
+            print(f"{name} epoch {epoch.number}/{config.recipe.epochs}: {seconds[-1]:.1f} s, val {epoch.val_accuracy:.4f}", flush=True)
+            if limit_s is not None and seconds[-1] > limit_s:
+                break
     first = [next((s for s, acc in zip(seconds, accuracy) if acc >= t), None) for t in TARGETS]
     return {"config": config.to_dict(), "epochs_planned": config.recipe.epochs, "seconds": seconds,
             "accuracy": accuracy, "seconds_to": first}

@@ -51,7 +51,7 @@ from cerberus.errors import UserError
 from cerberus import size as sizes
 from cerberus.model import ResNet
 from cerberus.precision import Precision, choose
-from cerberus.study import device_name
+from cerberus.devices import device_name
 from cerberus.train import Trainer, release
 
 COURSE_RECIPE = COURSE.recipe

@@ -6,6 +6,7 @@ Bad input of any kind ends in one line on stderr and exit code 2, before any wor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -55,7 +56,7 @@ def _sizing_device(spec: str):  # type: ignore[no-untyped-def]
     for or when no GPU driver is present; anything else as every command resolves it."""
     if spec == "cpu" or (spec == "auto" and not any(Path(f).exists() for f in GPU_DRIVER_FILES)):
         return "cpu"
-    from cerberus.study import resolve_device
+    from cerberus.devices import resolve_device
 
     return resolve_device(spec)
 
@@ -89,11 +90,11 @@ def run(
     trials: Annotated[int, typer.Option(help="Stop when the study holds this many trained trials (rejected ones do not count).")] = 50,
     study: Study = DEFAULT_STUDY,
     storage: Storage = DEFAULT_STORAGE,
-    space: Annotated[str, typer.Option(help="A shipped space by name (default, cpu, seed, smoke, ...) or a space file (TOML).")] = "default",
-    max_params: MaxParams = 5_000_000,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs per trial, overriding the space.")] = None,
+    space: Annotated[Optional[str], typer.Option(help="A shipped space by name (default, cpu, seed, smoke, ...) or a space file (TOML). Default: the study's stored space, else default.", show_default=False)] = None,
+    max_params: Annotated[Optional[int], typer.Option("--max-params", help="Parameter budget; larger architectures are rejected untrained. Default: the study's, else 5,000,000.", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per trial, overriding the space (default: the study's, else the space's).", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
-    data: Annotated[str, typer.Option(help="cifar10 (downloaded on first use) or synthetic.")] = "cifar10",
+    data: Annotated[Optional[str], typer.Option(help="cifar10 (downloaded on first use) or synthetic. Default: the study's, else cifar10.", show_default=False)] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Where CIFAR-10 is (or is downloaded to); default ~/.cache/cerberus/data.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling and training (reproducible on CPU).")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.")] = None,
@@ -103,79 +104,135 @@ def run(
     heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats; silent for 3x that, it is retried.")] = 10,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each trial's training step (pays off only for long trials; see benchmarks/RESULTS.md).")] = False,
     precision: Precision = "auto",
-    objectives: Annotated[str, typer.Option(help="accuracy, or a Pareto front of accuracy,params or accuracy,latency (no pruning then).")] = "accuracy",
-    enqueue_seed: Annotated[Optional[bool], typer.Option("--enqueue-seed/--no-enqueue-seed", help="Train the course project's configuration as the first trial (default: on for the default space).", show_default=False)] = None,
+    objectives: Annotated[Optional[str], typer.Option(help="accuracy, or a Pareto front of accuracy,params or accuracy,latency (no pruning then). Default: the study's, else accuracy.", show_default=False)] = None,
+    enqueue_seed: Annotated[Optional[bool], typer.Option("--enqueue-seed/--no-enqueue-seed", help="Train the course project's configuration as the first trial (default: on for the default and cpu spaces).", show_default=False)] = None,
     enqueue: Annotated[Optional[list[Path]], typer.Option(help="JSON file of a configuration (or a list of them, or `best --json` rows) to train early; repeatable.")] = None,
 ) -> None:
-    """Search: sample, budget-check, train and score trials until the study holds --trials trained ones."""
+    """Search: sample, budget-check, train and score trials until the study holds --trials trained ones.
+
+    A study stores what defines it (space, epochs, budget, data, objectives): `run --storage URL
+    --study NAME` with nothing else joins it from any machine."""
     from cerberus import data as datasets
-    from cerberus import shipped
-    from cerberus import space as spaces
+    from cerberus import search as searches
     from cerberus import storage as stores
     from cerberus import study as studies
     from cerberus import workers as pool
+    from cerberus.devices import resolve_device
 
     for name, value in (("--trials", trials), ("--max-params", max_params), ("--epochs", epochs), ("--timeout", timeout),
                         ("--workers", workers), ("--max-failures", max_failures), ("--heartbeat", heartbeat)):
         _positive(name, value)
-    if data not in datasets.DATASETS:
+    if data is not None and data not in datasets.DATASETS:
         raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
     _precision(precision)
-    goals = studies.parse_objectives(objectives)
+    asked = _request(space, max_params, epochs, data, objectives)
     devices = _worker_devices(device, gpus, workers)
     stores.sqlite_path(storage)  # the URL's syntax: cheap, so before the slower checks
-    space_file = shipped.resolve(space, shipped.SPACE, "--space")
-    search_space = spaces.load(space_file)
-    studies.check_budget(search_space, max_params)
+    definition = _definition(study, storage, asked)
+    search_space = definition.load_space()
+    studies.check_budget(search_space, definition.max_params)
     for d in sorted(set(devices)):
-        studies.check_memory_floor(search_space, studies.resolve_device(d), data, precision)
-    index = pool.worker_index()
-    known = [] if index is not None else _known_configs(search_space, space_file, enqueue_seed, enqueue or [])
-    studies.check_joinable(study, storage, goals)
-    splits = datasets.search_splits(data, data_dir)  # a missing or broken dataset is refused here
-    optuna_study = studies.create_study(study, stores.open_storage(storage, create=True, heartbeat=heartbeat),
-                                        seed, worker=index or 0, objectives=goals)
+        studies.check_memory_floor(search_space, resolve_device(d), definition.data, precision)
+    known = _known_configs(search_space, definition.space, enqueue_seed, enqueue or [])
+    splits = datasets.search_splits(definition.data, data_dir)  # a missing or broken dataset is refused here
+    optuna_study = studies.create_study(study, stores.open_storage(storage, create=True, heartbeat=heartbeat), seed,
+                                        definition=definition)
     queued = [label for config, label in known if studies.enqueue(optuna_study, search_space, config, label)]
     if queued:
         typer.echo(f"queued {len(queued)} known configuration(s) to train first: {', '.join(queued)}", err=True)
-    done = studies.count_trained(optuna_study)
-    if index is None:
-        typer.echo(f"study {study!r} in {storage}: {done} of {trials} trained trials, space {space}, budget "
-                   f"{max_params:,} params, {len(devices)} worker(s) on {', '.join(sorted({str(studies.resolve_device(d)) for d in devices}))}", err=True)
+    done = searches.count_trained(optuna_study)
+    typer.echo(f"study {study!r} in {storage}: {done} of {trials} trained trials; {definition.describe()}; "
+               f"{len(devices)} worker(s) on {', '.join(sorted({str(resolve_device(d)) for d in devices}))}", err=True)
+    opts = searches.RunOptions(trials, definition.max_params, definition.epochs, "cpu", definition.data,
+                               str(data_dir) if data_dir else None, seed, timeout, max_failures,
+                               stores.artifact_dir(storage, study), compile, definition.objectives,
+                               stores.grace_period(heartbeat), precision,
+                               pulse=heartbeat if stores.is_proxy(storage) else None)
     if len(devices) > 1:
-        common = ["run", "--trials", str(trials), "--study", study, "--storage", storage, "--space", str(space_file),
-                  "--max-params", str(max_params), "--data", data, "--max-failures", str(max_failures),
-                  "--heartbeat", str(heartbeat), "--workers", "1", "--objectives", objectives, "--precision", precision]
-        for flag, value in (("--epochs", epochs), ("--data-dir", data_dir), ("--seed", seed), ("--timeout", timeout)):
-            if value is not None:
-                common += [flag, str(value)]
-        if compile:
-            common.append("--compile")
-        cpu_workers = sum(studies.resolve_device(d).type == "cpu" for d in devices)
-        code = pool.spawn([[*common, "--device", d] for d in devices], cpu_workers)
-        _say_where(studies, optuna_study, trials, study, storage, code)
+        jobs = [pool.Job(study, storage, heartbeat, dataclasses.replace(opts, device=str(resolve_device(d))), i)
+                for i, d in enumerate(devices)]
+        code = pool.spawn(jobs)
+        _say_where(optuna_study, trials, study, storage, code)
         raise typer.Exit(code)
-    opts = studies.RunOptions(trials, max_params, epochs, studies.resolve_device(devices[0]), data,
-                              str(data_dir) if data_dir else None, seed, timeout, max_failures,
-                              stores.artifact_dir(storage, study), compile, goals, stores.grace_period(heartbeat), precision)
-    result = _run_one(studies, optuna_study, search_space, opts, lambda: splits, done, index)
-    _say_where(studies, optuna_study, trials, study, storage, 0, result)
+    opts = dataclasses.replace(opts, device=str(resolve_device(devices[0])))
+    result = _run_one(optuna_study, search_space, opts, lambda: splits, done, None)
+    _say_where(optuna_study, trials, study, storage, 0, result)
+    _exit_if_stopped_early(result, max_failures)
+
+
+@app.command(name="worker", hidden=True)
+def worker() -> None:
+    """One of `run --workers`'s processes: its job (cerberus.workers.Job) comes in the environment."""
+    from cerberus import search as searches
+    from cerberus import storage as stores
+    from cerberus import study as studies
+    from cerberus import workers as pool
+
+    job = pool.Job.from_env()
+    optuna_study = studies.create_study(job.study, stores.open_storage(job.storage, create=True, heartbeat=job.heartbeat),
+                                        job.options.seed, worker=job.index, objectives=job.options.objectives)
+    definition = studies.stored_definition(optuna_study)
+    if definition is None:
+        raise UserError(f"study {job.study!r} stores no definition; start the workers with `cerberus-search run`")
+    done = searches.count_trained(optuna_study)
+    result = _run_one(optuna_study, definition.load_space(), job.options, None, done, job.index)
+    _exit_if_stopped_early(result, job.options.max_failures)
+
+
+def _exit_if_stopped_early(result, max_failures: int) -> None:  # type: ignore[no-untyped-def]
+    from cerberus.search import MAX_REJECTIONS_IN_A_ROW
+
     if result.gave_up:
-        typer.echo(f"stopped: {studies.MAX_REJECTIONS_IN_A_ROW} architectures in a row were over budget or over memory; narrow the space, raise --max-params, or free memory", err=True)
+        typer.echo(f"stopped: {MAX_REJECTIONS_IN_A_ROW} architectures in a row were over budget or over memory; narrow the space, raise --max-params, or free memory", err=True)
         raise typer.Exit(1)
     if result.failed_out:
         typer.echo(f"stopped: {max_failures} trials failed in a row (see their 'error' attribute); fix the cause and run the same command again", err=True)
         raise typer.Exit(1)
 
 
-def _known_configs(search_space, space: Path, enqueue_seed: bool | None, files: list[Path]) -> list:  # type: ignore[no-untyped-def]
+def _request(space: str | None, max_params: int | None, epochs: int | None, data: str | None, objectives: str | None):  # type: ignore[no-untyped-def]
+    """What this `run` names, the space file resolved and read (a bad value is refused here)."""
+    from cerberus import shipped
+    from cerberus import study as studies
+    from cerberus.errors import read_text
+
+    text = name = None
+    if space is not None:
+        path = shipped.resolve(space, shipped.SPACE, "--space")
+        text, name = read_text(path, f"space file {path}"), studies.space_name(path)
+    goals = None if objectives is None else studies.parse_objectives(objectives)
+    return studies.Request(name, text, max_params, epochs, data, goals)
+
+
+def _definition(name: str, url: str, asked):  # type: ignore[no-untyped-def]
+    """The study's definition for this run (:func:`cerberus.study.settle`), read without writing:
+    an existing SQLite file is opened read-only, and a study cerberus did not make is refused."""
+    from cerberus import shipped
+    from cerberus import storage as stores
+    from cerberus import study as studies
+
+    stored = objectives = None
+    with stores.peeking(url) as storage:
+        if storage is not None and name in {s.study_name for s in storage.get_all_studies()}:
+            import optuna
+
+            existing = optuna.load_study(study_name=name, storage=storage)
+            studies.check_ours(existing, "run")
+            stored, objectives = studies.stored_definition(existing), studies.study_objectives(existing)
+            if stored is None:
+                studies.check_directions(existing, asked.objectives or objectives or ("accuracy",))
+    default = (shipped.folder() / studies.DEFAULT_SPACE).read_text()
+    return studies.settle(name, stored, asked, objectives, default)
+
+
+def _known_configs(search_space, space: str, enqueue_seed: bool | None, files: list[Path]) -> list:  # type: ignore[no-untyped-def]
     """(config, label) pairs to queue: the course project's unless switched off (by default only
     for the default and cpu spaces: at full width, or at the quarter width the space holds),
     then each file's; every one is checked against the space now."""
     from cerberus.config import COURSE, COURSE_CONFIGS, read_configs
 
     if enqueue_seed is None:  # the shipped spaces, or the user's copies of them
-        enqueue_seed = space.name in ("default.toml", "cpu.toml")
+        enqueue_seed = Path(space).stem in ("default", "cpu")
     seed = next((c for c in COURSE_CONFIGS if _expresses(search_space, c)), COURSE)
     known = [(seed, "seed")] if enqueue_seed else []
     for path in files:
@@ -199,7 +256,7 @@ def _expresses(search_space, config) -> bool:  # type: ignore[no-untyped-def]
 
 def _worker_devices(device: str, gpus: str | None, workers: int) -> list[str]:
     """One device spec per worker process: --workers on --device, or --workers on each of --gpus."""
-    from cerberus.study import resolve_device
+    from cerberus.devices import resolve_device
 
     if gpus is None:
         resolve_device(device)
@@ -210,37 +267,37 @@ def _worker_devices(device: str, gpus: str | None, workers: int) -> list[str]:
     return [f"cuda:{i}" for i in indices for _ in range(workers)]
 
 
-def _run_one(studies, optuna_study, search_space, opts, splits, done, index):  # type: ignore[no-untyped-def]
+def _run_one(optuna_study, search_space, opts, splits, done, index):  # type: ignore[no-untyped-def]
     """This process as one worker, with Ctrl-C or SIGTERM turned into a clean stop (exit 130 or 143)."""
+    from cerberus import search as searches
     from cerberus.progress import Reporter
 
     try:
         with Reporter(opts.trials, done, prefix="" if index is None else f"[w{index}] ") as reporter:
-            return studies.run(optuna_study, search_space, opts, reporter, signals.STOP, splits)
+            return searches.run(optuna_study, search_space, opts, reporter, signals.STOP, splits)
     except KeyboardInterrupt:
         if index is None:
-            left = opts.trials - studies.count_trained(optuna_study)
+            left = opts.trials - searches.count_trained(optuna_study)
             typer.echo(f"interrupted ({signals.name()}): the study holds {opts.trials - left} of {opts.trials} trained trials; "
                        f"run the same command to train the other {left} (the stopped trial resumes from its last epoch)", err=True)
         raise typer.Exit(signals.exit_code()) from None
 
 
-def _say_where(studies, optuna_study, trials, study, storage, code, result=None) -> None:  # type: ignore[no-untyped-def]
+def _say_where(optuna_study, trials, study, storage, code, result=None) -> None:  # type: ignore[no-untyped-def]
+    from cerberus import trials as records
     from cerberus import workers as pool
 
-    if pool.worker_index() is not None:
-        return
     if code in pool.STOPPED:
-        left = trials - studies.count_trained(optuna_study)
+        left = trials - records.count_trained(optuna_study)
         typer.echo(f"interrupted: run the same command to train the other {left} trial(s)", err=True)
         return
-    held = studies.count_trained(optuna_study)
+    held = records.count_trained(optuna_study)
     if result is not None:
         typer.echo(f"trained {result.trained_now} trial(s) this run, rejected {result.rejected_now} "
                    f"architecture(s) untrained (over budget or memory); the study holds {held} of {trials} trained trials", err=True)
     else:
         typer.echo(f"the study holds {held} of {trials} trained trials", err=True)
-    front = studies.best_trials(optuna_study)
+    front = records.best_trials(optuna_study)
     see = f"(see `{_hint('best', study, storage)}`)"
     if len(front) > 1 or front and len(optuna_study.directions) > 1:
         typer.echo(f"Pareto front: {len(front)} trial(s), the most accurate trial {front[0].number} at val accuracy "
@@ -261,13 +318,17 @@ def best(
     recipe, parameters, validation accuracy."""
     from cerberus import storage as stores
     from cerberus import study as studies
+    from cerberus import trials as records
 
     _positive("--top", top)
     with stores.read_study(study, storage) as loaded:
         studies.check_ours(loaded, "best")
-        trials = studies.best_trials(loaded, top)
-        rows = [studies.summary(t) for t in trials]
+        trials = records.best_trials(loaded, top)
+        rows = [records.summary(t) for t in trials]
         front = len(loaded.directions) > 1
+        definition = studies.stored_definition(loaded)
+    if not as_json:
+        typer.echo(f"study {study!r}: {definition.describe() if definition else 'no stored definition (made before cerberus stored one)'}")
     if _printed_as_json_or_none(rows, as_json, f"study {study!r} has no completed trial yet"):
         return
     from rich.table import Table
@@ -349,6 +410,26 @@ def export(
         df = exports.frame(optuna_study)
     outfile.write_atomic(path, lambda tmp: exports.write(df, tmp, fmt))
     typer.echo(f"{len(df)} trials of study {study!r} written to {path}")
+
+
+@app.command()
+def proxy(
+    storage: Storage = DEFAULT_STORAGE,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for workers on other machines.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 13000,
+) -> None:
+    """Optuna's gRPC storage proxy in front of --storage, until Ctrl-C: workers on many machines
+    then run with --storage grpc://HOST:PORT and share its one database connection pool."""
+    from cerberus import storage as stores
+
+    if not 0 < port <= 65535:
+        raise UserError(f"--port must be 1..65535, got {port}")
+    typer.echo(f"storage proxy for {storage} on grpc://{host}:{port} (Ctrl-C stops it); workers: "
+               f"cerberus-search run --storage grpc://{host}:{port} --study NAME", err=True)
+    try:
+        stores.serve_proxy(storage, host, port)
+    except RuntimeError as e:  # grpc's own: the port is taken, or the address cannot be bound
+        raise UserError(f"proxy: cannot listen on {host}:{port}: {' '.join(str(e).split())[:200]}") from None
 
 
 @app.command(name="studies")
@@ -524,10 +605,10 @@ def bench(
 ) -> None:
     """Training speed of one architecture: images/s, FLOPs, MFU against a matmul peak measured now, peak memory."""
     from cerberus import bench as benches
-    from cerberus import study as studies
+    from cerberus.devices import resolve_device
 
     arch = _arch(blocks, channels, conv_kernel, skip_kernel, pool)
-    options = benches.Options(batch_size, steps, warmup, studies.resolve_device(device), data, data_dir, baseline, compile,
+    options = benches.Options(batch_size, steps, warmup, resolve_device(device), data, data_dir, baseline, compile,
                               _precision(precision), plain)
     loops = [name for name, on in (("the plain loop", plain), ("the course loop", baseline)) if on]
     typer.echo(f"bench: ResNet-{arch.depth} on {options.device}, {warmup} warm-up + {steps} timed steps"
@@ -558,7 +639,7 @@ def train(
     from cerberus import final as finals
     from cerberus import shipped
     from cerberus import storage as stores
-    from cerberus import study as studies
+    from cerberus.devices import resolve_device
 
     if (trial is None) == (config is None):
         raise UserError("give exactly one of --trial N (a trial of --study) or --config FILE.json")
@@ -567,7 +648,7 @@ def train(
     if data not in datasets.DATASETS:
         raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
     _precision(precision)
-    resolved = studies.resolve_device(device)
+    resolved = resolve_device(device)
     if trial is not None:
         with stores.read_study(study, storage) as optuna_study:
             source = finals.from_trial(optuna_study, trial)

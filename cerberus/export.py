@@ -4,11 +4,14 @@ Columns, in order (a fixed schema: a column whose value no trial has is empty, n
 
 ``trial, state, reason, val_accuracy, last_val_accuracy, test_accuracy, params, flops,
 latency_ms, stages, blocks, widths, epochs, train_seconds, step_seconds, images_per_s, device, worker,
-datetime_start, datetime_complete, duration_s, config``, then ``params_<name>`` for every
-sampled Optuna parameter (Optuna's own naming, as in ``Study.trials_dataframe``).
+datetime_start, datetime_complete, duration_s, config``, then the study's definition, the same on
+every row (``study_space, study_space_digest, study_epochs, study_max_params, study_data,
+study_objectives``: :class:`cerberus.study.Definition`; empty for a study made before it was
+stored), then ``params_<name>`` for every sampled Optuna parameter (Optuna's own naming, as in
+``Study.trials_dataframe``).
 
 ``state`` is Optuna's (COMPLETE, PRUNED, FAIL, RUNNING, WAITING); ``reason`` says why a
-trial did not complete (:func:`cerberus.study.end_reason`: over_budget, over_memory, pruned, diverged for
+trial did not complete (:func:`cerberus.trials.end_reason`: over_budget, over_memory, pruned, diverged for
 PRUNED; interrupted, out_of_memory, error, worker_died for FAIL). ``val_accuracy`` is the objective of a
 completed trial (the first objective, in a two-objective study); ``last_val_accuracy`` the last
 per-epoch value any trained trial recorded.
@@ -32,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cerberus.errors import UserError
 from cerberus.final import stored_result
-from cerberus.study import end_reason, last_accuracy
+from cerberus.trials import end_reason, last_accuracy
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,6 +45,7 @@ DATES = ["datetime_start", "datetime_complete"]  # readers of csv and json must 
 COLUMNS = ("trial", "state", "reason", "val_accuracy", "last_val_accuracy", "test_accuracy", "params", "flops",
            "latency_ms", "stages", "blocks", "widths", "epochs", "train_seconds", "step_seconds", "images_per_s", "device", "worker",
            "datetime_start", "datetime_complete", "duration_s", "config")
+DEFINITION_COLUMNS = ("study_space", "study_space_digest", "study_epochs", "study_max_params", "study_data", "study_objectives")
 
 
 FLOATS = ("val_accuracy", "last_val_accuracy", "test_accuracy", "latency_ms", "train_seconds", "step_seconds",
@@ -57,11 +61,23 @@ def frame(study: optuna.Study) -> pd.DataFrame:
     rows = [_row(t, finals[t.number]) for t in trials]
     names = sorted({p for t in trials for p in t.params})
     df = pd.DataFrame(rows, columns=[*COLUMNS, *(f"params_{p}" for p in names)])
+    for i, (col, value) in enumerate(_definition(study).items()):  # the same on every row: what the study searches
+        df.insert(len(COLUMNS) + i, col, value)
     for col in DATES:
         df[col] = pd.to_datetime(df[col])
     for col in FLOATS:  # a column no trial filled is still a number column, as every reader reads it back
         df[col] = pd.to_numeric(df[col]).astype(float)
     return df
+
+
+def _definition(study: optuna.Study) -> dict[str, Any]:
+    from cerberus.study import stored_definition
+
+    d = stored_definition(study)
+    if d is None:
+        return dict.fromkeys(DEFINITION_COLUMNS)
+    return {"study_space": d.space, "study_space_digest": d.space_digest, "study_epochs": d.epochs,
+            "study_max_params": d.max_params, "study_data": d.data, "study_objectives": ",".join(d.objectives)}
 
 
 def _row(t: FrozenTrial, final: dict[str, Any]) -> dict[str, Any]:

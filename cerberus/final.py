@@ -43,14 +43,15 @@ import optuna
 import torch
 
 from cerberus import data as datasets
+from cerberus import outfile
 from cerberus.config import Config, read_configs
 from cerberus.errors import UserError
 from cerberus import size as sizes
 from cerberus.precision import Precision, choose
 from cerberus.progress import Ticker, duration, interval_seconds
 from cerberus.space import replace_epochs
-from cerberus.study import device_name
-from cerberus.train import Progress, Trainer, fit
+from cerberus.devices import device_name
+from cerberus.train import Fit, Progress
 
 METRICS, CONFIG = "metrics.json", "config.json"
 # Study user attributes holding a trial's final result; the key is "<name>:<trial number>".
@@ -94,7 +95,8 @@ def from_trial(study: optuna.Study, number: int) -> Source:
         config = Config.from_dict(trial.user_attrs["config"])
     except (ValueError, TypeError) as e:
         raise UserError(f"--trial {number}: its stored configuration is not valid ({e})") from None
-    value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None
+    # values[0], validation accuracy, is every cerberus study's first objective (a study of two has no .value)
+    value = trial.values[0] if trial.state == optuna.trial.TrialState.COMPLETE else None
     return Source(config, study=study.study_name, trial=number, val_accuracy=value)
 
 
@@ -177,14 +179,15 @@ def _eta(results: list[SeedResult], left: int) -> str:
 
 class _SeedWatch:
     """The progress lines of one seed, read from its fit's host-side counter (no host sync):
-    ``on_epoch_end`` at each epoch's end, and the ticker's line within an epoch."""
+    :meth:`epoch_end` at each epoch's end, and the ticker's line within an epoch."""
 
     def __init__(self, seed: int, seeds: int, done: list[SeedResult], say: Callable[[str], None]) -> None:
         self.seed, self.seeds, self.done, self._say = seed, seeds, list(done), say
-        self.progress = Progress(on_epoch_end=self._epoch_end)
+        self.progress = Progress()
         self.ticker = Ticker(interval_seconds(), self._tick)
 
-    def _epoch_end(self, p: Progress) -> None:
+    def epoch_end(self) -> None:
+        p = self.progress
         self._say(f"seed {self.seed} ({self.seed + 1} of {self.seeds}) epoch {p.epoch}/{p.epochs}{self._speed(p)}")
         self.ticker.touch()
 
@@ -207,19 +210,17 @@ class _SeedWatch:
 
 def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed: int, opts: Options, precision: Precision,
               watch: _SeedWatch) -> SeedResult:
-    scored: dict[str, float] = {}
-    weights = f"seed-{seed}.pt"
-
-    def on_end(trainer: Trainer) -> None:  # fit frees the model after this; it skips it when diverged
-        scored["accuracy"] = trainer.evaluate(test)
-        buffer = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, buffer)
-        _write(opts.out / weights, buffer.getvalue())
-
-    with watch.ticker:
-        result = fit(config, train, None, opts.device, seed=seed, on_end=on_end, progress=watch.progress,
-                     precision=precision)
-    accuracy = scored.get("accuracy")
+    weights, accuracy = f"seed-{seed}.pt", None
+    with watch.ticker, Fit(config, train, None, opts.device, seed=seed, precision=precision, progress=watch.progress) as fit:
+        for epoch in fit:
+            if not epoch.diverged:
+                watch.epoch_end()
+        if not fit.diverged:
+            accuracy = fit.trainer.evaluate(test)
+            buffer = io.BytesIO()
+            torch.save({k: v.detach().cpu() for k, v in fit.trainer.model.state_dict().items()}, buffer)
+            _write(opts.out / weights, buffer.getvalue())
+        result = fit.result()
     return SeedResult(seed, accuracy, result.train_seconds, result.images_per_s, result.epochs,
                       weights if accuracy is not None else None)
 
@@ -253,10 +254,7 @@ def _metrics(source: Source, config: Config, results: list[SeedResult], opts: Op
 
 
 def _write(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)  # a reader sees the old file or the whole new one, never half
+    outfile.write_atomic(path, lambda tmp: tmp.write_bytes(content))  # a reader sees the old file or the whole new one
 
 
 def record(study: optuna.Study, trial: int, metrics: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Writing a result file (report, export) so that a failure leaves nothing half-written."""
+"""Writing a file (a report, an export, a final model, a checkpoint) so that a failure leaves nothing half-written."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def check_writable(out: Path) -> None:
 
 def write_atomic(out: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` a sibling temporary file, then rename it over ``out`` in one step, so a
-    reader never sees a partial file and an error leaves any older ``out`` as it was."""
+    reader never sees a partial file and an error or a kill leaves any older ``out`` as it was
+    (a kill leaves the temporary file, ``.<name>.*.tmp``, beside it). Missing folders are made."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)

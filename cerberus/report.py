@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cerberus.config import COURSE, Arch, Config
 from cerberus.final import stored_result
-from cerberus.study import DIVERGED, OVER_BUDGET, OVER_MEMORY, PRUNED, best_trial, end_reason, is_trained, last_accuracy
+from cerberus.trials import Reason, best_trial, end_reason, is_trained, last_accuracy
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -99,10 +99,18 @@ def render(study: optuna.Study, storage: str = "") -> str:
 </head><body>
 <h1>{html.escape(title)}</h1>
 <p class="meta">{counts.total} trial(s){where}; report made {generated}.</p>
+<p class="meta">{html.escape(_definition(study))}</p>
 {_banner(counts)}
 {''.join(sections)}
 </body></html>
 """
+
+
+def _definition(study: optuna.Study) -> str:
+    from cerberus.study import stored_definition
+
+    definition = stored_definition(study)
+    return f"Searches {definition.describe()}." if definition else "No stored definition (made before cerberus stored one)."
 
 
 def _banner(c: Counts) -> str:
@@ -115,17 +123,17 @@ def _banner(c: Counts) -> str:
 
 
 def _describe(c: Counts) -> str:
-    labels = {OVER_BUDGET: "over budget", OVER_MEMORY: "over memory", PRUNED: "pruned by the pruner", DIVERGED: "diverged", "other": "pruned (no reason)"}
+    labels = {Reason.OVER_BUDGET: "over budget", Reason.OVER_MEMORY: "over memory", Reason.PRUNED: "pruned by the pruner", Reason.DIVERGED: "diverged", "other": "pruned (no reason)"}
     parts = [f"{n} {labels.get(r, r)}" for r, n in sorted(c.pruned.items())]
     parts += [f"{sum(c.failed.values())} failed"] * bool(c.failed) + [f"{c.running} running"] * bool(c.running)
     return ", ".join(parts)
 
 
 def _counts_table(c: Counts) -> str:
-    rows = [("completed", c.complete), ("pruned: over budget (never trained)", c.pruned[OVER_BUDGET]),
-            ("pruned: over memory (never trained)", c.pruned[OVER_MEMORY]),
-            ("pruned: by the pruner", c.pruned[PRUNED]), ("pruned: diverged", c.pruned[DIVERGED])]
-    rows += [(f"pruned: {r}", n) for r, n in sorted(c.pruned.items()) if r not in (OVER_BUDGET, OVER_MEMORY, PRUNED, DIVERGED)]
+    rows = [("completed", c.complete), ("pruned: over budget (never trained)", c.pruned[Reason.OVER_BUDGET]),
+            ("pruned: over memory (never trained)", c.pruned[Reason.OVER_MEMORY]),
+            ("pruned: by the pruner", c.pruned[Reason.PRUNED]), ("pruned: diverged", c.pruned[Reason.DIVERGED])]
+    rows += [(f"pruned: {r}", n) for r, n in sorted(c.pruned.items()) if r not in (Reason.OVER_BUDGET, Reason.OVER_MEMORY, Reason.PRUNED, Reason.DIVERGED)]
     rows.append(("failed", sum(c.failed.values())))
     rows += [(f"failed: {r.replace('_', ' ')}", n) for r, n in sorted(c.failed.items())]
     rows += [("running or waiting", c.running), ("total", c.total)]
@@ -313,7 +321,7 @@ def _ending(t: FrozenTrial) -> str:
     if t.state == TrialState.COMPLETE:
         return "complete"
     if t.state == TrialState.PRUNED:
-        return {OVER_BUDGET: "over budget", OVER_MEMORY: "over memory", DIVERGED: "diverged"}.get(t.user_attrs.get("reason"), "pruned")
+        return {Reason.OVER_BUDGET: "over budget", Reason.OVER_MEMORY: "over memory", Reason.DIVERGED: "diverged"}.get(t.user_attrs.get("reason"), "pruned")
     return "failed" if t.state == TrialState.FAIL else "running"
 
 
@@ -376,8 +384,8 @@ def _budgets(trials: list[FrozenTrial]) -> dict[int, str]:
     """The --max-params of the runs that made the study, each with its legend: every trial
     stores ``params - budget`` as its constraint, so the budget is recovered without a separate
     record; a study without one shows the default budget, saying so."""
-    found = {int(t.user_attrs["params"] - t.system_attrs["constraints:params"])
-             for t in trials if "params" in t.user_attrs and "constraints:params" in t.system_attrs}
+    found = {int(t.user_attrs["params"] - t.constraints["params"])
+             for t in trials if "params" in t.user_attrs and "params" in t.constraints}
     if not found:
         return {DEFAULT_BUDGET: f"budget {DEFAULT_BUDGET:,} (the default; not recorded)"}
     return {b: f"budget {b:,}" for b in sorted(found)}

@@ -233,9 +233,12 @@ def _sample_table(trial: optuna.Trial, dims: dict[str, Dim], acts: Callable[[str
 
 def load(path: str | Path) -> Space:
     """Read and validate a space file; every problem is a UserError naming file, table and key."""
-    path = Path(path)
-    name = str(path)
-    text = read_text(path, f"space file {name}")
+    return parse(read_text(Path(path), f"space file {path}"), str(path))
+
+
+def parse(text: str, name: str) -> Space:
+    """Validate the TOML ``text`` of a space (a file's, or the copy a study stores); ``name``
+    is what every UserError calls it."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

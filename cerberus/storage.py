@@ -1,7 +1,11 @@
 """Where studies live: Optuna storage URLs, the default SQLite file, and opening a study safely.
 
 The default is ``sqlite:///studies/cerberus.db`` (relative to the working directory); any
-Optuna RDB URL works (``postgresql://...``).
+Optuna RDB URL works (``postgresql://...``), and so does ``grpc://HOST:PORT``, Optuna's gRPC
+storage proxy (:func:`serve_proxy`, ``cerberus-search proxy``) in front of one: many workers,
+one database connection pool. Optuna keeps no heartbeats through the proxy, so a search
+through it keeps its own (:mod:`cerberus.search`, ``Pulse``); the dashboard reads the database
+itself, not the proxy.
 
 Reading never writes (:func:`reading`, for ``best``, ``report``, ``export``, ``dashboard``,
 ``studies`` and ``train --trial``): no table is created, the journal mode is left alone, and no
@@ -56,10 +60,66 @@ NAME_BYTES = 255  # a study name is a folder name: the longest most filesystems 
 OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
 SQLITE_MAGIC = b"SQLite format 3\0"
 DRIVER_HINT = {"postgresql": 'pip install -e ".[postgres]" (or pip install "psycopg[binary]")'}
+PROXY_SCHEME = "grpc://"
+PROXY_HINT = 'pip install -e ".[grpc]" (or pip install grpcio "protobuf>=5.28.1")'
+PROXY_WAIT = 10.0  # seconds a worker waits for the proxy to answer
+DEFAULT_PROXY_PORT = 13000
+
+
+def is_proxy(url: str) -> bool:
+    return url.startswith(PROXY_SCHEME)
+
+
+def proxy_address(url: str) -> tuple[str, int]:
+    """(host, port) of a ``grpc://HOST:PORT`` URL."""
+    host, _, port = url[len(PROXY_SCHEME):].rstrip("/").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--storage {url!r} is not a proxy address; e.g. grpc://127.0.0.1:{DEFAULT_PROXY_PORT}")
+    return host, int(port)
+
+
+def open_proxy(url: str):  # type: ignore[no-untyped-def]
+    """A client of the gRPC storage proxy at ``url``, once it answers (UserError if it does not)."""
+    host, port = proxy_address(url)
+    try:
+        import grpc  # noqa: F401  (Optuna imports it lazily, at the first call)
+    except ImportError:
+        raise UserError(f"--storage {url}: the gRPC client is not installed; {PROXY_HINT}") from None
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
+    try:
+        proxy.wait_server_ready(timeout=PROXY_WAIT)
+    except ConnectionError:
+        raise UserError(f"--storage {url}: no storage proxy answers there within {PROXY_WAIT:.0f} s; start one with "
+                        f"`cerberus-search proxy --storage DATABASE_URL --host {host} --port {port}`") from None
+    return proxy
+
+
+def serve_proxy(url: str, host: str, port: int, ready=None) -> None:  # type: ignore[no-untyped-def]
+    """Serve Optuna's gRPC storage proxy on ``host:port`` in front of the database at ``url``
+    (made if it is a new SQLite file) until the process is stopped."""
+    if is_proxy(url):
+        raise UserError(f"--storage {url}: give the database the proxy serves (sqlite:///... or postgresql://...), not a proxy")
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        raise UserError(f"proxy: the gRPC server is not installed; {PROXY_HINT}") from None
+    import optuna
+
+    storage = open_storage(url, create=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL, None for any other database."""
+    """The database file of a ``sqlite:///`` URL, None for any other database (or a proxy)."""
+    if is_proxy(url):
+        proxy_address(url)
+        return None
     import sqlalchemy.engine
     import sqlalchemy.exc
 
@@ -77,10 +137,13 @@ def sqlite_path(url: str) -> Path | None:
 def open_storage(url: str, create: bool = True, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
     """An RDBStorage for a search to write to; the SQLite file (and its folder) may be made, but
     an existing file must be empty or an Optuna database. ``heartbeat`` (seconds) turns on
-    heartbeats and the retry of trials whose worker died."""
+    heartbeats and the retry of trials whose worker died. A proxy URL gives the proxy's client,
+    which keeps no heartbeats (see the module docstring)."""
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+    if is_proxy(url):
+        return open_proxy(url)
     path = sqlite_path(url)
     kwargs: dict = {}
     if path is not None:
@@ -110,7 +173,10 @@ def open_storage(url: str, create: bool = True, heartbeat: int | None = None) ->
 def reading(url: str) -> Iterator[optuna.storages.RDBStorage]:
     """The storage at ``url`` opened so that nothing can be written through it (see the module
     docstring), closed on exit: SQLite deletes the ``-wal`` and ``-shm`` files it made for this
-    reader when its last connection closes."""
+    reader when its last connection closes. Through a proxy, reading is all this process does."""
+    if is_proxy(url):
+        yield open_proxy(url)
+        return
     path = sqlite_path(url)
     if path is None:
         storage = _rdb(url, {"skip_table_creation": True, "engine_kwargs": _read_only_server(url)})
@@ -123,6 +189,21 @@ def reading(url: str) -> Iterator[optuna.storages.RDBStorage]:
     finally:
         storage.remove_session()
         storage.engine.dispose()
+
+
+@contextlib.contextmanager
+def peeking(url: str) -> Iterator[optuna.storages.BaseStorage | None]:
+    """What a search looks at before it writes: None where there is no database yet (a SQLite
+    file that does not exist or is empty), the file read-only (:func:`reading`), or a server's
+    or proxy's storage (whose tables the search creates anyway)."""
+    path = sqlite_path(url)
+    if path is None:
+        yield open_storage(url, create=True)
+    elif not path.exists() or path.is_file() and path.stat().st_size == 0:
+        yield None
+    else:
+        with reading(url) as storage:
+            yield storage
 
 
 @contextlib.contextmanager

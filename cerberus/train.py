@@ -1,41 +1,42 @@
 """Train one Config on tensors and score it, knowing nothing of Optuna.
 
-``fit(config, train, val, device, on_epoch)`` trains ``ResNet(config.arch)`` with
-``config.recipe`` and calls ``on_epoch(epoch, val_accuracy)`` after every epoch (epochs count
-from 1); when that returns True the run stops there, which is how a pruner cuts a trial.
-A loss that turns NaN or infinite also stops the run, with ``diverged`` set. With ``val=None``
-nothing is evaluated during training (the final retraining on train + validation), and
-``on_end(trainer)`` is how a caller scores or saves the trained model before it is freed.
-``progress`` (a :class:`Progress`) is where the loop keeps its epoch, step and timings for other
-threads to watch, in plain Python numbers, so watching adds no host sync.
+:class:`Fit` is an iterator of epochs that the caller's loop owns: ``with Fit(config, train,
+val, device) as fit: for epoch in fit: ...`` trains ``ResNet(config.arch)`` with
+``config.recipe``, one :class:`Epoch` (its validation accuracy, its wall time) per step of the
+loop. The caller prunes by leaving the loop, scores or saves the model (``fit.trainer``) inside
+it or after it, and reads the summary from :meth:`Fit.result`. A loss that turns NaN or
+infinite ends the iteration with an epoch marked ``diverged``. With ``val=None`` nothing is
+evaluated (the final retraining on train + validation) and each epoch's accuracy is None.
 
-With ``checkpoint`` (a file path), the state after every epoch (weights, optimizer, schedule,
-random generators, validation history) is written there atomically, and a fit that finds the
-file resumes after its last epoch: it first replays ``on_epoch`` for the restored epochs, so a
-fresh Optuna trial sees the whole curve, then trains the rest. Deleting the file is the caller's.
+:meth:`Fit.state` is everything a checkpoint needs (weights, optimizer, schedule, the random
+generators of the CPU and of the fit's own device, the validation history) in tensors and
+plain numbers; :meth:`Fit.restore` takes it back before the loop, whose first epochs are then
+the restored ones (``restored=True``, not trained again), so a fresh Optuna trial sees the
+whole curve. Where the state is kept is the caller's (:mod:`cerberus.checkpoint`).
 
-The training step lives in :class:`Trainer`, which ``fit`` and ``cerberus.bench`` both drive,
+``progress`` (a :class:`Progress`) is where the loop keeps its epoch, step and timings for
+other threads to watch, in plain Python numbers, so watching adds no host sync.
+
+The training step lives in :class:`Trainer`, which ``Fit`` and ``cerberus.bench`` both drive,
 so the benchmark times exactly the step a trial runs. Both splits move to the device once (as
 uint8); batches are sliced, normalised and augmented there in a few batched operations. The
 step computes in ``precision`` (:mod:`cerberus.precision`; by default bf16 autocast with
 channels-last memory on CUDA and on a CPU with native bf16, fp32 elsewhere); CUDA adds cudnn
-autotuning and fused optimizers. The loss is summed on the device and read
-once per epoch, so the epoch has no host sync. ``compile=True`` runs the training forward
-through ``torch.compile``.
+autotuning and fused optimizers. The loss is summed on the device and read once per epoch, so
+the epoch has no host sync. ``compile=True`` runs the training forward through ``torch.compile``.
 
-Nothing of a fit outlives it: the model, optimizer and device splits are unreachable when
-``fit`` returns, and it collects them (and empties the CUDA cache) before it does.
+Nothing of a fit outlives its ``with`` block: the model, optimizer and device splits are
+unreachable after it, and it collects them (and empties the CUDA cache) on the way out.
 """
 
 from __future__ import annotations
 
 import gc
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,31 +48,34 @@ from cerberus.model import ResNet
 from cerberus.precision import Precision, choose
 
 
+@dataclass(frozen=True)
+class Epoch:
+    number: int  # 1-based
+    val_accuracy: float | None  # None without a validation split, or when the loss diverged
+    seconds: float | None = None  # wall time since the fit began at this epoch's end; None when restored
+    restored: bool = False  # read back from a checkpoint, not trained by this fit
+    diverged: bool = False  # the loss became NaN or infinite in this epoch: the last one yielded
+
 
 @dataclass(frozen=True)
 class Result:
     val_accuracy: float  # after the last epoch run (0.0 without a validation split)
-    epochs: int  # epochs run
+    epochs: int  # epochs run, restored ones included
     train_seconds: float  # wall time of the whole fit, evaluation included
     images_per_s: float  # training images per second of training steps
-    step_seconds: float = 0.0  # the training steps alone (no evaluation, no set-up)
+    step_seconds: float = 0.0  # the training steps alone (no evaluation, no set-up), restored epochs' included
     history: list[float] = field(default_factory=list)  # validation accuracy per epoch
     # wall time since the fit began at the end of each epoch it trained (restored ones have none), its evaluation included
     epoch_seconds: list[float] = field(default_factory=list)
-    stopped: bool = False  # on_epoch asked to stop
     diverged: bool = False  # the loss became NaN or infinite
     resumed_epochs: int = 0  # epochs restored from a checkpoint rather than trained here
-
-
-def _ignore(progress: Progress) -> None:
-    pass
 
 
 @dataclass
 class Progress:
     """Where a fit is, for other threads to read while it trains (a live line, a log timer).
 
-    ``fit`` writes it from its own loop with Python integers and ``time.perf_counter()`` only,
+    ``Fit`` writes it from its own loop with Python integers and ``time.perf_counter()`` only,
     never from a device tensor, so reading it adds no host sync to a CUDA step. On CUDA the host
     runs a few steps ahead of the device (kernel launches queue), so ``step`` counts steps
     launched; the epoch's one sync (its loss read) brings the two together at every epoch end.
@@ -79,8 +83,7 @@ class Progress:
     so a reader may briefly pair a new epoch with the last step of the one before.
 
     ``epoch`` is the running epoch (1-based), or the last one after it ended; ``step`` counts
-    the steps launched in it. ``on_epoch_end`` is called by the training thread after each
-    epoch's steps (before any evaluation): how a caller with no validation split sees epochs.
+    the steps launched in it.
     """
 
     epochs: int = 0  # epochs the fit runs in all, restored ones included
@@ -93,7 +96,6 @@ class Progress:
     step_seconds: float = 0.0  # this fit's training steps in the epochs it finished
     started: float | None = None  # perf_counter when this fit's first epoch started
     epoch_started: float | None = None  # perf_counter when the running epoch started; None between epochs
-    on_epoch_end: Callable[[Progress], None] = field(default=_ignore, repr=False, compare=False)
 
     def images_per_s(self, now: float | None = None) -> float | None:
         """Training images per second of this fit's steps (evaluation excluded); None before any step."""
@@ -165,27 +167,106 @@ class Trainer:
         return evaluate(self.model, split.to(self.eye.device), self.mean, self.std, self.precision, self.recipe.tta_flip)
 
 
-def fit(
-    config: Config,
-    train: Split,
-    val: Split | None,
-    device: torch.device,
-    on_epoch: Callable[[int, float], bool] | None = None,
-    seed: int | None = None,
-    checkpoint: Path | None = None,
-    compile: bool = False,
-    on_end: Callable[[Trainer], None] | None = None,
-    progress: Progress | None = None,
-    precision: Precision | None = None,
-) -> Result:
-    """See the module docstring. ``progress``, when given, is kept up to date while training
-    (see :class:`Progress`); by default a private one nobody reads. ``precision`` defaults to
-    ``cerberus.precision.choose(device)``."""
-    try:
-        return _fit(config, train, val, device, on_epoch, seed, checkpoint, compile, on_end,
-                    Progress() if progress is None else progress, precision or choose(device))
-    finally:
-        release(device, compiled=compile)
+class Fit:
+    """The epochs of one training run, as an iterator; see the module docstring."""
+
+    def __init__(self, config: Config, train: Split, val: Split | None, device: torch.device,
+                 seed: int | None = None, compile: bool = False, precision: Precision | None = None,
+                 progress: Progress | None = None) -> None:
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.config, self.device, self.compiled = config, device, compile
+        self.trainer = Trainer(config, train, device, compile=compile, precision=precision or choose(device))
+        self.val = None if val is None else val.to(device)
+        self.started = time.perf_counter()  # train_seconds counts from here: set-up excluded
+        self.progress = Progress() if progress is None else progress
+        self.history: list[float] = []  # validation accuracy per epoch, restored ones first
+        self.clock: list[float] = []  # Result.epoch_seconds
+        self.step_seconds, self.epochs, self.resumed_epochs, self.diverged = 0.0, 0, 0, False
+        self._restored: list[float] = []
+
+    def __enter__(self) -> Fit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.trainer = self.val = None  # type: ignore[assignment]
+        release(self.device, compiled=self.compiled)
+
+    def state(self) -> dict[str, Any]:
+        """The state after the last epoch, in tensors and plain numbers (``torch.load`` with
+        ``weights_only=True`` reads it back): what :meth:`restore` needs to go on from there."""
+        t = self.trainer
+        return {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+                "history": list(self.history), "step_seconds": self.step_seconds, "rng": rng_state(self.device)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Go on from ``state`` (:meth:`state` of an earlier fit of the same configuration):
+        its epochs come first out of the iterator, marked ``restored``."""
+        t = self.trainer
+        t.model.load_state_dict(state["model"])
+        t.optimizer.load_state_dict(state["optimizer"])
+        t.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], self.device)
+        self.step_seconds, self._restored = float(state["step_seconds"]), [float(a) for a in state["history"]]
+        self.epochs = self.resumed_epochs = len(self._restored)
+        self.history = list(self._restored)
+
+    def __iter__(self) -> Iterator[Epoch]:
+        p, recipe = self.progress, self.config.recipe
+        p.epochs, p.steps_per_epoch, p.batch = recipe.epochs, self.trainer.steps_per_epoch, self.trainer.batch
+        p.epoch = p.resumed = self.resumed_epochs  # set before the restored epochs are yielded
+        p.step = self.trainer.steps_per_epoch if self.resumed_epochs else 0
+        for number, accuracy in enumerate(self._restored, 1):
+            yield Epoch(number, accuracy, restored=True)
+        while self.epochs < recipe.epochs:
+            if not self._train_epoch():
+                self.diverged = True
+                yield Epoch(self.epochs + 1, None, time.perf_counter() - self.started, diverged=True)
+                return
+            self.epochs += 1
+            accuracy = None if self.val is None else self.trainer.evaluate(self.val)
+            if accuracy is not None:
+                self.history.append(accuracy)
+            self.clock.append(time.perf_counter() - self.started)
+            yield Epoch(self.epochs, accuracy, self.clock[-1])
+
+    def _train_epoch(self) -> bool:
+        """One epoch of steps; whether its loss stayed finite (read once, the epoch's one sync)."""
+        p, trainer = self.progress, self.trainer
+        trainer.model.train()
+        t0 = time.perf_counter()
+        p.started = t0 if p.started is None else p.started
+        p.step, p.epoch_started, p.epoch = 0, t0, self.epochs + 1
+        loss_sum = torch.zeros((), device=self.device)
+        for idx in trainer.batches():
+            loss_sum += trainer.step(idx)
+            p.step += 1  # host-side counters only: reading them never waits for the device
+            p.trained_steps += 1
+        if not math.isfinite(loss_sum.item()):
+            return False
+        seconds = time.perf_counter() - t0
+        self.step_seconds += seconds
+        p.step_seconds, p.epoch_started = p.step_seconds + seconds, None
+        return True
+
+    def result(self) -> Result:
+        """What the fit did so far: the epochs it ran (restored ones included) and their timings."""
+        images = self.epochs * self.progress.steps_per_epoch * self.progress.batch
+        return Result(
+            val_accuracy=self.history[-1] if self.history else 0.0, epochs=self.epochs,
+            train_seconds=time.perf_counter() - self.started,
+            images_per_s=images / self.step_seconds if self.step_seconds else 0.0,
+            step_seconds=self.step_seconds, history=list(self.history), epoch_seconds=list(self.clock),
+            diverged=self.diverged, resumed_epochs=self.resumed_epochs)
+
+
+def fit(config: Config, train: Split, val: Split | None, device: torch.device, seed: int | None = None,
+        precision: Precision | None = None) -> Result:
+    """Every epoch of ``config`` and nothing else: :class:`Fit` for a caller with no loop of its own."""
+    with Fit(config, train, val, device, seed=seed, precision=precision) as run:
+        for _ in run:
+            pass
+        return run.result()
 
 
 def release(device: torch.device, compiled: bool = False) -> None:
@@ -201,90 +282,17 @@ def release(device: torch.device, compiled: bool = False) -> None:
         torch.cuda.empty_cache()
 
 
-def _fit(config: Config, train: Split, val: Split | None, device: torch.device,
-         on_epoch: Callable[[int, float], bool] | None, seed: int | None, checkpoint: Path | None,
-         compile: bool, on_end: Callable[[Trainer], None] | None, progress: Progress, precision: Precision) -> Result:
-    if seed is not None:
-        torch.manual_seed(seed)
-    trainer = Trainer(config, train, device, compile=compile, precision=precision)
-    recipe = config.recipe
-    if val is not None:
-        val = val.to(device)
-
-    start = time.perf_counter()
-    step_seconds, history, epochs, clock = 0.0, [], 0, []
-    result = dict(stopped=False, diverged=False, resumed_epochs=0)
-    if checkpoint is not None and checkpoint.exists():
-        step_seconds, history = _restore(checkpoint, trainer)
-        epochs = result["resumed_epochs"] = len(history)
-    progress.epochs, progress.steps_per_epoch, progress.batch = recipe.epochs, trainer.steps_per_epoch, trainer.batch
-    progress.epoch = progress.resumed = epochs  # set before the replay, so its listeners know what was restored
-    progress.step = trainer.steps_per_epoch if epochs else 0
-    if on_epoch is not None and any(on_epoch(e, a) for e, a in enumerate(history, 1)):
-        result["stopped"] = True
-    while epochs < recipe.epochs and not result["stopped"]:
-        trainer.model.train()
-        t0 = time.perf_counter()
-        progress.started = t0 if progress.started is None else progress.started
-        progress.step, progress.epoch_started, progress.epoch = 0, t0, epochs + 1
-        loss_sum = torch.zeros((), device=device)
-        for idx in trainer.batches():
-            loss_sum += trainer.step(idx)
-            progress.step += 1  # host-side counters only: reading them never waits for the device
-            progress.trained_steps += 1
-        if not math.isfinite(loss_sum.item()):  # the one sync of the epoch
-            result["diverged"] = True
-            break
-        seconds = time.perf_counter() - t0
-        step_seconds += seconds
-        progress.step_seconds, progress.epoch_started = progress.step_seconds + seconds, None
-        progress.on_epoch_end(progress)
-        epochs += 1
-        if val is None:
-            continue
-        history.append(trainer.evaluate(val))
-        clock.append(time.perf_counter() - start)
-        if checkpoint is not None:
-            _save(checkpoint, trainer, step_seconds, history)
-        if on_epoch is not None and on_epoch(epochs, history[-1]):
-            result["stopped"] = True
-    if on_end is not None and not result["diverged"]:
-        on_end(trainer)
-    images = epochs * trainer.steps_per_epoch * trainer.batch  # step_seconds holds restored epochs too
-    return Result(
-        val_accuracy=history[-1] if history else 0.0,
-        epochs=epochs,
-        train_seconds=time.perf_counter() - start,
-        images_per_s=images / step_seconds if step_seconds else 0.0,
-        step_seconds=step_seconds,
-        history=history,
-        epoch_seconds=clock,
-        **result,
-    )
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The random generators a fit draws from: the CPU's, and its own device's only (a
+    checkpoint read on a machine with another number of GPUs restores it to the same place)."""
+    own = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"cpu": torch.get_rng_state(), "device": own}
 
 
-def _save(path: Path, trainer: Trainer, step_seconds: float, history: list[float]) -> None:
-    state = {
-        "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(), "history": history, "step_seconds": step_seconds,
-        "cpu_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint whole
-
-
-def _restore(path: Path, trainer: Trainer) -> tuple[float, list[float]]:
-    state = torch.load(path, map_location=trainer.eye.device, weights_only=False)
-    trainer.model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["cpu_rng"].cpu())
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-    return state["step_seconds"], list(state["history"])
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if state.get("device") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["device"].cpu(), device)
 
 
 @torch.no_grad()

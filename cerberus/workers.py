@@ -1,42 +1,59 @@
-"""Several workers on one study: each a separate ``cerberus-search run`` process.
+"""Several workers on one study: each a separate ``cerberus-search worker`` process.
 
-A worker is the same command with ``--workers 1`` and its own device; it joins the study
-through the storage, as a worker on another machine would, so nothing here is specific to one
-machine. The parent waits for all of them, passes Ctrl-C on, and exits with the worst code.
+A worker gets its :class:`Job` (the study, the storage, its own :class:`~cerberus.search.RunOptions`
+with its device) as one JSON object in the environment variable :data:`JOB_ENV`, joins the
+study through the storage as a worker on another machine would, and searches the space the
+study stores. The parent waits for all of them, passes Ctrl-C on, and exits with the worst code.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 
-WORKER_ENV = "CERBERUS_WORKER"  # a worker's index; also how a worker knows it is one
+from cerberus.search import RunOptions
+
+JOB_ENV = "CERBERUS_JOB"
 STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # the exit codes of a run stopped by a signal
 
 
-def worker_index() -> int | None:
-    value = os.environ.get(WORKER_ENV)
-    return int(value) if value is not None else None
+@dataclass(frozen=True)
+class Job:
+    study: str
+    storage: str
+    heartbeat: int
+    options: RunOptions
+    index: int  # the worker's number: its lines' prefix, its sampler's seed offset
+
+    def to_json(self) -> str:
+        return json.dumps({"study": self.study, "storage": self.storage, "heartbeat": self.heartbeat,
+                           "options": json.loads(self.options.to_json()), "index": self.index})
+
+    @classmethod
+    def from_env(cls) -> Job:
+        raw = json.loads(os.environ[JOB_ENV])
+        return cls(raw["study"], raw["storage"], raw["heartbeat"], RunOptions(**raw["options"]), raw["index"])
 
 
-def spawn(commands: list[list[str]], cpu_workers: int) -> int:
-    """Run one ``python -m cerberus`` process per argument list and wait for all of them.
-    ``cpu_workers`` of them train on the CPU and share its cores: each gets an equal share of
-    threads, since torch's default (all cores each) makes them thrash. A SIGINT or SIGTERM of
-    this process is passed on to every worker (a terminal's Ctrl-C reaches them already; a
-    ``kill`` of this process, or Slurm's SIGTERM of its main process, does not). Returns
-    128 + that signal's number if interrupted, else the largest exit code of the workers."""
+def spawn(jobs: list[Job]) -> int:
+    """Run one worker process per job and wait for all of them. The workers that train on the
+    CPU share its cores: each gets an equal share of threads, since torch's default (all cores
+    each) makes them thrash. A SIGINT or SIGTERM of this process is passed on to every worker (a
+    terminal's Ctrl-C reaches them already; a ``kill`` of this process, or Slurm's SIGTERM of its
+    main process, does not). Returns 128 + that signal's number if interrupted, else the largest
+    exit code of the workers."""
     from cerberus import signals
 
     env = {**os.environ}
+    cpu_workers = sum(job.options.device == "cpu" for job in jobs)
     if cpu_workers:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cpu_workers)))
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "cerberus", *args], env={**env, WORKER_ENV: str(i)})
-        for i, args in enumerate(commands)
-    ]
+    procs = [subprocess.Popen([sys.executable, "-m", "cerberus", "worker"], env={**env, JOB_ENV: job.to_json()})
+             for job in jobs]
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:

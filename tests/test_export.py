@@ -9,7 +9,7 @@ import pytest
 import fake_studies
 from cerberus import export, final
 from cerberus.config import Arch
-from cerberus.study import end_reason
+from cerberus.trials import end_reason
 from conftest import cli, run_cli
 
 READ = {

@@ -19,7 +19,7 @@ from cerberus.cli import main
 from cerberus.config import COURSE, Arch, Config, Recipe
 from cerberus.errors import UserError
 from cerberus.model import ResNet, measure
-from cerberus.study import best_trial, summary
+from cerberus.trials import best_trial, summary
 from cerberus.train import _stats, evaluate
 from conftest import ROOT, cli, popen, refusal
 

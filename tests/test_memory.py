@@ -14,7 +14,10 @@ import torch
 from optuna.trial import TrialState
 
 from cerberus import augment, memory
+from cerberus import search as searches
 from cerberus import study as studies
+from cerberus import trials as records
+from cerberus.trials import Reason
 from cerberus import space as spaces
 from cerberus import train as training
 from cerberus.config import COURSE, MAX_BLOCKS, Arch, Augment, Config, Recipe
@@ -113,13 +116,12 @@ def test_a_failed_cpu_allocation_is_out_of_memory(tmp_path, monkeypatch):
     def fit(*args, **kwargs):  # the first allocation of a trial that the estimate let through
         torch.empty(2**50)
 
-    monkeypatch.setattr(studies, "fit", fit)
     path = tmp_path / "space.toml"
     path.write_text("[arch]\nstages = 1\nblocks = 1\nwidths = 8\n[recipe]\nepochs = 1\nbatch_size = 64\n")
     study = studies.create_study("oom", optuna.storages.InMemoryStorage(), seed=0)
-    opts = studies.RunOptions(trials=1, max_failures=1, data="synthetic")
+    opts = searches.RunOptions(trials=1, max_failures=1, data="synthetic")
     with Reporter(1, 0) as reporter:
-        result = studies.run(study, spaces.load(path), opts, reporter)
+        result = searches.run(study, spaces.load(path), opts, reporter, trainer=fit)
     (trial,) = study.trials
     assert result.failed_out and trial.state == TrialState.FAIL
     assert trial.user_attrs["reason"] == "out_of_memory" and "can't allocate memory" in trial.user_attrs["error"]
@@ -140,8 +142,8 @@ def test_a_trial_that_cannot_fit_ends_pruned_untrained(workdir, monkeypatch):
     assert r.returncode == 0, r.stderr
     study = optuna.load_study(study_name="cerberus", storage=f"sqlite:///{workdir}/studies/cerberus.db")
     over = [t for t in study.trials if t.user_attrs.get("reason") == "over_memory"]
-    trained = [t for t in study.trials if studies.is_trained(t)]
-    assert over and len(trained) == 1 == studies.count_trained(study), [t.params for t in study.trials]
+    trained = [t for t in study.trials if records.is_trained(t)]
+    assert over and len(trained) == 1 == records.count_trained(study), [t.params for t in study.trials]
     assert "MiB of memory >" in r.stderr and "untrained (over budget or memory)" in r.stderr
     for t in over:
         assert t.state == TrialState.PRUNED and t.params["widths_1"] == 16
@@ -225,7 +227,7 @@ def test_report_and_export_count_over_memory_as_a_rejection():
     trials[3].user_attrs["reason"] = "over_memory"
     study = optuna.create_study(direction="maximize")
     study.add_trials(trials)
-    assert [studies.is_trained(t) for t in study.trials] == [True, True, False, False]
+    assert [records.is_trained(t) for t in study.trials] == [True, True, False, False]
     counts = dict(re.findall(r"<tr><th>([^<]+)</th><td>([\d,]+)</td></tr>", report.render(study)))
     assert counts["pruned: over memory (never trained)"] == counts["pruned: over budget (never trained)"] == "1"
     assert list(export.frame(study)["reason"])[2:] == ["over_budget", "over_memory"]

@@ -17,11 +17,14 @@ import torch
 from rich.console import Console
 
 from cerberus import space as spaces
+from cerberus import search as searches
 from cerberus import study as studies
+from cerberus import trials as records
+from cerberus.trials import Reason
 from cerberus.config import Arch, Config, Recipe
 from cerberus.data import synthetic
 from cerberus.progress import INTERVAL_ENV, Reporter
-from cerberus.train import Progress, Trainer, fit
+from cerberus.train import Fit, Progress, Trainer
 from conftest import ROOT, run_cli, tiny_splits
 
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
@@ -111,7 +114,7 @@ def test_best_is_the_studys_from_the_start_and_counts_other_workers_trials(tmp_p
 
     out = io.StringIO()
     with Reporter(4, 1, console=Console(file=out, width=300)) as reporter:
-        studies.run(study, spaces.load(path), studies.RunOptions(trials=4, max_params=10_000), reporter,
+        searches.run(study, spaces.load(path), searches.RunOptions(trials=4, max_params=10_000), reporter,
                     splits=tiny_splits, callbacks=[other_worker])
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("trial 1 epoch 1/1 val ") and "best 0.9900 (trial 0)" in lines[0], lines
@@ -158,7 +161,10 @@ def test_the_counter_moves_every_step_and_reading_it_never_syncs(monkeypatch):
         return real_step(self, idx)
 
     monkeypatch.setattr(Trainer, "step", step)
-    result = fit(config, train, None, torch.device("cpu"), seed=0, progress=progress)
+    with Fit(config, train, None, torch.device("cpu"), seed=0, progress=progress) as run:
+        for _ in run:
+            pass
+        result = run.result()
     assert seen == [(e, s) for e in (1, 2) for s in range(10)]
     assert syncs == ["item", "item"]  # the loss, once per epoch
     assert (progress.epoch, progress.step, progress.trained_steps) == (2, 10, 20) and result.epochs == 2

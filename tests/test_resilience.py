@@ -14,8 +14,12 @@ from optuna.trial import TrialState
 
 from cerberus import space as spaces
 from cerberus import storage as stores
+from cerberus import search as searches
 from cerberus import study as studies
+from cerberus import trials as records
+from cerberus.trials import Reason
 from cerberus.progress import Reporter
+from cerberus.train import Fit
 from conftest import cli, popen, refusal, tiny_splits
 
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu", "--heartbeat", "1")
@@ -27,7 +31,7 @@ def load(db):
 
 
 def trained(trials):
-    return [t for t in trials if studies.is_trained(t)]
+    return [t for t in trials if records.is_trained(t)]
 
 
 def test_sigkill_at_random_points_loses_nothing(workdir):
@@ -55,10 +59,10 @@ def test_sigkill_at_random_points_loses_nothing(workdir):
     died = [t for t in trials if t.state == TrialState.FAIL]
     assert died, "20 kills and not one during a trial: the test did not test"
     for t in died:
-        assert studies.end_reason(t) == "worker_died"
+        assert records.end_reason(t) == "worker_died"
         # Optuna's retry callback records the chain of earlier attempts in each retry.
         retried = [u for u in trials if t.number in u.system_attrs.get("retry_history", [])]
-        last_allowed = len(t.system_attrs.get("retry_history", [])) >= studies.MAX_RETRY
+        last_allowed = len(t.system_attrs.get("retry_history", [])) >= stores.MAX_RETRY
         assert retried or last_allowed, f"trial {t.number} died and was never retried"
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers))
@@ -136,7 +140,7 @@ def test_a_stopped_trial_resumes_from_its_last_epoch(workdir, sigs, reason):
     assert r.returncode == 0, r.stderr
     trials = load(db)
     first = trials[victim.number]
-    assert first.state == TrialState.FAIL and studies.end_reason(first) == reason
+    assert first.state == TrialState.FAIL and records.end_reason(first) == reason
     (retry,) = [t for t in trials if t.number != first.number]
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["origin"] == first.number
     assert retry.user_attrs["config"] == first.user_attrs["config"]
@@ -149,13 +153,13 @@ def test_a_stopped_trial_resumes_from_its_last_epoch(workdir, sigs, reason):
 
 # In-process runs with a tiny dataset: failures and memory.
 
-def tiny_run(tmp_path, trials, lr="0.05", **options):
+def tiny_run(tmp_path, trials, lr="0.05", trainer=Fit, **options):
     path = tmp_path / "space.toml"
     path.write_text(f"[arch]\nstages = 1\nblocks = 1\nwidths = [4, 8]\n[recipe]\nepochs = 1\nbatch_size = 128\nlr = {lr}\n")
     study = studies.create_study("t", optuna.storages.InMemoryStorage(), seed=0)
-    opts = studies.RunOptions(trials=trials, max_params=10_000, artifacts=tmp_path / "artifacts", **options)
+    opts = searches.RunOptions(trials=trials, max_params=10_000, artifacts=tmp_path / "artifacts", **options)
     with Reporter(trials, 0) as reporter:
-        result = studies.run(study, spaces.load(path), opts, reporter, splits=tiny_splits)
+        result = searches.run(study, spaces.load(path), opts, reporter, splits=tiny_splits, trainer=trainer)
     return study, result
 
 
@@ -168,16 +172,16 @@ def test_a_dead_trial_whose_retry_was_never_queued_gets_one(tmp_path):
     study = studies.create_study("t", stores.open_storage(f"sqlite:///{tmp_path / 's.db'}", create=True, heartbeat=1), seed=0)
 
     def run(trials, grace):
-        opts = studies.RunOptions(trials=trials, max_params=10_000, artifacts=tmp_path / "artifacts", grace=grace)
+        opts = searches.RunOptions(trials=trials, max_params=10_000, artifacts=tmp_path / "artifacts", grace=grace)
         with Reporter(trials, 0) as reporter:
-            studies.run(study, spaces.load(space), opts, reporter, splits=tiny_splits)
+            searches.run(study, spaces.load(space), opts, reporter, splits=tiny_splits)
         return study.get_trials(deepcopy=False)
 
     (first,) = run(1, grace=60)
     study.add_trial(optuna.trial.create_trial(  # what the killed worker left: FAIL, and nothing queued
         state=TrialState.FAIL, params=first.params, distributions=first.distributions,
         user_attrs={**first.user_attrs, "origin": 1}))
-    assert studies.end_reason(study.trials[1]) == "worker_died"
+    assert records.end_reason(study.trials[1]) == "worker_died"
     trials = run(2, grace=60)  # failed a moment ago: not this worker's to retry yet
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     time.sleep(0.6)
@@ -188,7 +192,7 @@ def test_a_dead_trial_whose_retry_was_never_queued_gets_one(tmp_path):
 
 
 def test_failing_trials_are_recorded_and_the_worker_goes_on(tmp_path, monkeypatch):
-    real_fit, calls = studies.fit, []
+    calls = []
 
     def flaky_fit(config, *args, **kwargs):
         calls.append(1)
@@ -196,20 +200,19 @@ def test_failing_trials_are_recorded_and_the_worker_goes_on(tmp_path, monkeypatc
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         if len(calls) == 3:
             raise ValueError("something broke\nin two lines")
-        return real_fit(config, *args, **kwargs)
+        return Fit(config, *args, **kwargs)
 
-    monkeypatch.setattr(studies, "fit", flaky_fit)
-    study, result = tiny_run(tmp_path, trials=3)
+    study, result = tiny_run(tmp_path, trials=3, trainer=flaky_fit)
     assert result.trained == 3 and not result.failed_out
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert [studies.end_reason(t) for t in failed] == ["out_of_memory", "error"]
+    assert [records.end_reason(t) for t in failed] == ["out_of_memory", "error"]
     assert failed[0].user_attrs["error"].startswith("OutOfMemoryError: CUDA out of memory")
     assert failed[1].user_attrs["error"] == "ValueError: something broke in two lines"
 
 
 def test_max_failures_stops_a_run_that_fails_trial_after_trial(tmp_path, monkeypatch):
-    monkeypatch.setattr(studies, "fit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("always")))
-    study, result = tiny_run(tmp_path, trials=5, max_failures=3)
+    always = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("always"))  # noqa: E731
+    study, result = tiny_run(tmp_path, trials=5, max_failures=3, trainer=always)
     assert result.failed_out and result.trained == 0
     assert len(study.trials) == 3 and all(t.state == TrialState.FAIL for t in study.trials)
 
@@ -259,7 +262,8 @@ def test_memory_stays_flat_across_50_trials(tmp_path, monkeypatch):
     (("--gpus", "0,x"), "--gpus '0,x' must be comma-separated integers >= 0"),
     (("--storage", "postgresql://nobody@127.0.0.1:9/none"), "cannot open storage postgresql://nobody@127.0.0.1:9/none"),
     (("--storage", "sqlite:///search/smoke.toml/x.db"), "cannot create the folder search/smoke.toml"),
-    (("--data", "cifar10", "--data-dir", "broken"), "data_batch_1 is not a CIFAR-10 batch"),
+    # another study: this one stores --data synthetic, and a run naming cifar10 is refused for that first
+    (("--data", "cifar10", "--data-dir", "broken", "--study", "fresh"), "data_batch_1 is not a CIFAR-10 batch"),
 ])
 def test_more_bad_input_changes_nothing(default_search, tmp_path, monkeypatch, capsys, args, message):
     # In-process (the same typer app and error path as a subprocess, without seconds of imports

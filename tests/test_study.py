@@ -11,7 +11,10 @@ from cerberus.config import Arch
 from cerberus import model as models
 from cerberus import size as sizes
 from cerberus import space as spaces
+from cerberus import search as searches
 from cerberus import study as studies
+from cerberus import trials as records
+from cerberus.trials import Reason
 from cerberus.errors import UserError
 from cerberus.progress import Reporter
 
@@ -40,9 +43,9 @@ def test_over_budget_trials_build_no_model_and_touch_no_data(tmp_path, monkeypat
     small, big = (sizes.params(Arch((1,), (w,))) for w in (8, 64))
     assert small < 5_000 < big
     study = studies.create_study("t", optuna.storages.InMemoryStorage(), seed=0)
-    opts = studies.RunOptions(trials=3, max_params=5_000, data="synthetic")
+    opts = searches.RunOptions(trials=3, max_params=5_000, data="synthetic")
     with Reporter(3, 0) as reporter:
-        result = studies.run(study, space, opts, reporter)
+        result = searches.run(study, space, opts, reporter)
 
     rejected = [t for t in study.trials if t.user_attrs.get("reason") == "over_budget"]
     assert result.trained == 3 and result.rejected_now == len(rejected) >= 1
@@ -60,13 +63,13 @@ def test_over_budget_trials_build_no_model_and_touch_no_data(tmp_path, monkeypat
 
 def test_no_data_is_read_when_every_trial_is_rejected(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "search_splits", lambda *a: pytest.fail("data was read"))
-    monkeypatch.setattr(studies, "MAX_REJECTIONS_IN_A_ROW", 5)
+    monkeypatch.setattr(searches, "MAX_REJECTIONS_IN_A_ROW", 5)
     space = write_space(tmp_path, widths="[8, 64]")
     study = studies.create_study("t", optuna.storages.InMemoryStorage(), seed=0)
     for _ in range(5):  # width 8 fits the budget, but the study only ever gets width 64
         study.enqueue_trial({"widths_1": 64})
     with Reporter(1, 0) as reporter:
-        result = studies.run(study, space, studies.RunOptions(trials=1, max_params=5_000), reporter)
+        result = searches.run(study, space, searches.RunOptions(trials=1, max_params=5_000), reporter)
     assert result.gave_up and result.trained == 0 and result.rejected_now == 5
     assert all(t.user_attrs.get("reason") == "over_budget" for t in study.trials)
 

@@ -6,7 +6,7 @@ import torch
 from cerberus import augment
 from cerberus.config import Arch, Augment, Config, Recipe
 from cerberus.data import search_splits
-from cerberus.train import fit
+from cerberus.train import Fit, fit
 
 CPU = torch.device("cpu")
 
@@ -18,10 +18,11 @@ def splits():
 
 def test_a_tiny_net_learns_synthetic_data_in_one_epoch(splits):
     config = Config(Arch((1, 1), (16, 32)), Recipe(optimizer="nesterov", lr=0.05, epochs=1, batch_size=64))
-    seen = []
-    result = fit(config, *splits, CPU, on_epoch=lambda e, a: seen.append((e, a)) or False, seed=0)
+    with Fit(config, *splits, CPU, seed=0) as run:
+        seen = [(e.number, e.val_accuracy) for e in run]
+        result = run.result()
     assert result.val_accuracy > 0.3, result  # chance is 0.1
-    assert seen == [(1, result.val_accuracy)] and result.epochs == 1 and not result.stopped
+    assert seen == [(1, result.val_accuracy)] and result.epochs == 1 and not result.diverged
     assert result.images_per_s > 0 and result.train_seconds > 0
 
 
@@ -38,10 +39,14 @@ def test_every_optimizer_and_schedule_trains(splits, optimizer, lr, schedule):
     assert math.isfinite(result.val_accuracy) and result.val_accuracy > 0.12
 
 
-def test_on_epoch_can_stop_a_run(splits):
+def test_the_caller_stops_a_run_by_leaving_its_loop(splits):
     config = Config(Arch((1,), (8,)), Recipe(lr=0.05, epochs=3, batch_size=256))
-    result = fit(config, *splits, CPU, on_epoch=lambda e, a: e == 1, seed=0)
-    assert result.stopped and result.epochs == 1
+    with Fit(config, *splits, CPU, seed=0) as run:
+        for epoch in run:
+            if epoch.number == 1:
+                break
+        result = run.result()
+    assert result.epochs == 1 and len(result.history) == 1
 
 
 def test_divergence_is_detected(splits):
@@ -76,16 +81,15 @@ def test_mixing_keeps_labels_a_distribution():
         assert mx.shape == x.shape and torch.allclose(my.sum(1), torch.ones(32))
 
 
-def test_without_a_validation_split_nothing_is_scored_and_on_end_sees_the_trained_model(splits):
+def test_without_a_validation_split_nothing_is_scored_and_the_caller_sees_the_trained_model(splits):
     train, val = splits
     config = Config(Arch((1, 1), (16, 32)), Recipe(optimizer="nesterov", lr=0.05, epochs=1, batch_size=64, tta_flip=True))
     seen = {}
-
-    def on_end(trainer):
-        seen["accuracy"] = trainer.evaluate(val)
-        seen["weights"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-
-    result = fit(config, train, None, CPU, on_epoch=lambda e, a: pytest.fail("no epoch is scored"), seed=0, on_end=on_end)
+    with Fit(config, train, None, CPU, seed=0) as run:
+        assert [e.val_accuracy for e in run] == [None]  # no epoch is scored
+        seen["accuracy"] = run.trainer.evaluate(val)
+        seen["weights"] = {k: v.clone() for k, v in run.trainer.model.state_dict().items()}
+        result = run.result()
     assert result.epochs == 1 and result.history == [] and result.images_per_s > 0
     assert seen["accuracy"] > 0.3 and len(seen["weights"]) > 4
 
