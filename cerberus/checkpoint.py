@@ -32,11 +32,10 @@ def path_for(artifacts: Path | None, origin: int) -> Path | None:
     return None if artifacts is None else Path(artifacts) / FOLDER / f"trial-{origin}.pt"
 
 
-def save(path: Path | None, state: dict[str, Any]) -> None:
+def save(path: Path, state: dict[str, Any]) -> None:
     import torch
 
-    if path is not None:
-        outfile.write_atomic(path, lambda tmp: torch.save(state, tmp))  # a kill mid-write leaves the previous one whole
+    outfile.write_atomic(path, lambda tmp: torch.save(state, tmp))  # a kill mid-write leaves the previous one whole
 
 
 def load(path: Path | None, device: Any) -> dict[str, Any] | None:

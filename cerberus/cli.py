@@ -424,12 +424,14 @@ def proxy(
 
     if not 0 < port <= 65535:
         raise UserError(f"--port must be 1..65535, got {port}")
+    backend = stores.proxy_backend(storage, host, port)
     typer.echo(f"storage proxy for {storage} on grpc://{host}:{port} (Ctrl-C stops it); workers: "
                f"cerberus-search run --storage grpc://{host}:{port} --study NAME", err=True)
     try:
-        stores.serve_proxy(storage, host, port)
-    except RuntimeError as e:  # grpc's own: the port is taken, or the address cannot be bound
-        raise UserError(f"proxy: cannot listen on {host}:{port}: {' '.join(str(e).split())[:200]}") from None
+        stores.serve_proxy(backend, host, port, sqlite=stores.sqlite_path(storage) is not None)
+    except KeyboardInterrupt:
+        typer.echo(f"proxy stopped ({signals.name()}); workers using it wait for it (or fail) until it is back", err=True)
+        raise typer.Exit(signals.exit_code()) from None
 
 
 @app.command(name="studies")
@@ -484,6 +486,9 @@ def dashboard(
 
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be 0..65535, got {port}")
+    if stores.is_proxy(storage):
+        raise UserError(f"dashboard --storage {storage}: optuna-dashboard reads the database itself, not through the "
+                        f"proxy; give it the --storage the proxy serves")
     with stores.reading(storage) as store:
         stores.check_study(store, study, storage)
         dashboards.serve(store, study, host, port,

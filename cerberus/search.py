@@ -14,8 +14,8 @@ Contract of :class:`Search` (``Search(study, space, opts, reporter).run()``):
   untrained, with a positive ``memory`` constraint. Neither counts as trained.
 * :meth:`Search.train` owns the loop over the epochs of a :class:`cerberus.train.Fit` (the
   ``trainer`` parameter: benchmarks and tests hand in their own). It resumes from the trial's
-  checkpoint, reports each epoch's validation accuracy, lets the pruner decide, then saves the
-  checkpoint (never for the last epoch, nor for one the pruner cut). Multi-objective trials are
+  checkpoint, saves the checkpoint after each epoch but the last, then reports the epoch's
+  validation accuracy and lets the pruner decide. Multi-objective trials are
   never pruned (Optuna prunes single-objective studies only, and cutting on accuracy alone would
   cut the small, slow-to-learn nets a front is for); they keep ``val_history``.
 * :meth:`Search.record` stores how the trial trained and returns its objective values, or ends
@@ -166,11 +166,12 @@ class Search:
         self.device, self.precision = opts.torch_device, opts.step_precision
         self.multi = len(opts.objectives) > 1
         self.current: int | None = None  # the trial this worker runs now
-        self.orphans = Orphans(study, opts.grace)
+        self.snapshot = Snapshot()
+        self.orphans = Orphans(study, opts.grace, self.snapshot)
         self.rejections = StopAfterRejections(MAX_REJECTIONS_IN_A_ROW)
         self.failures = StopAfterFailures(opts.max_failures)
-        self.report = ReportTrials(reporter)
-        self.pulse = NoPulse() if opts.pulse is None else Pulse(opts.pulse, opts.grace or 3 * opts.pulse)
+        self.report = ReportTrials(reporter, self.snapshot)
+        self.pulse = NoPulse() if opts.pulse is None else Pulse(opts.pulse, opts.grace or 3 * opts.pulse, self.snapshot)
 
     # The steps of a trial, in order.
 
@@ -250,13 +251,15 @@ class Search:
             for epoch in fit:
                 if epoch.diverged:
                     break
+                # Saved before the epoch is reported: a worker killed once a value is in the study
+                # resumes after that epoch (the last epoch's state is never read, so not saved).
+                if checkpoint is not None and not epoch.restored and epoch.number < epochs:
+                    checkpoints.save(checkpoint, fit.state())
+                self.check_stop()
                 self.reporter.epoch(trial.number, epoch.number, epochs, epoch.val_accuracy)
                 if self._prunes(trial, epoch, epochs):
                     pruned = True
                     break
-                if not epoch.restored and epoch.number < epochs:
-                    checkpoints.save(checkpoint, fit.state())
-                self.check_stop()
             latency = None
             if "latency" in self.opts.objectives and not fit.diverged:
                 latency = latency_ms(fit.trainer.model, self.device, fit.trainer.precision)
@@ -300,7 +303,7 @@ class Search:
         """After each trial, in order: free the device, honour Ctrl-C, then the rules."""
         free = [lambda study, trial: torch.cuda.empty_cache()] if self.device.type == "cuda" else []
         return [*free, self.check_stop, self.rejections, self.pulse, self.orphans, self.report, self.failures,
-                StopAtTarget(self.opts.trials), *self.extra_callbacks]
+                StopAtTarget(self.opts.trials, self.snapshot), *self.extra_callbacks]
 
     def run(self) -> RunSummary:
         """Optimise until the study holds ``opts.trials`` trained trials (or the timeout)."""
@@ -334,6 +337,24 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
 
 
 # Stopping rules and the other callbacks, each called after every trial.
+
+class Snapshot:
+    """The study's trials, read once after each finished trial and shared by the callbacks that
+    follow it (through the gRPC proxy every read is a round trip); a callback that writes calls
+    :meth:`changed`, so the next one reads again."""
+
+    def __init__(self) -> None:
+        self.number: int | None = None
+        self.trials: list[FrozenTrial] = []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
+        if self.number != trial.number:
+            self.trials, self.number = study.get_trials(deepcopy=False), trial.number
+        return self.trials
+
+    def changed(self) -> None:
+        self.number = None
+
 
 class StopAfterRejections:
     """Stop after ``limit`` architectures in a row were rejected untrained (``gave_up``)."""
@@ -372,14 +393,15 @@ class StopAtTarget:
     ``target``. A trial being trained is a RUNNING one that got past the rejections (it has
     ``memory_bytes``); if it fails, its worker goes on, so the target is still met."""
 
-    def __init__(self, target: int) -> None:
-        self.target = target
+    def __init__(self, target: int, snapshot: Snapshot) -> None:
+        self.target, self.snapshot = target, snapshot
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if rejected(trial):
             return
-        training = sum("memory_bytes" in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if count_trained(study) + training >= self.target:
+        trials = self.snapshot(study, trial)
+        training = sum(t.state == TrialState.RUNNING and "memory_bytes" in t.user_attrs for t in trials)
+        if count_trained(study, trials) + training >= self.target:
             study.stop()
 
 
@@ -387,13 +409,13 @@ class ReportTrials:
     """The reporter's lines for each trial that was not rejected, and the study's best so far
     (other workers' trials count too); ``trained`` counts this run's trained trials."""
 
-    def __init__(self, reporter: Reporter) -> None:
-        self.reporter, self.trained = reporter, 0
+    def __init__(self, reporter: Reporter, snapshot: Snapshot) -> None:
+        self.reporter, self.snapshot, self.trained = reporter, snapshot, 0
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if rejected(trial):
             return
-        self.reporter.study_best(best_seen(study))
+        self.reporter.study_best(best_seen(study, self.snapshot(study, trial)))
         reason = trial.user_attrs.get("reason")
         if trial.state == TrialState.FAIL:
             self.reporter.failed(trial.number, reason or Reason.ERROR, trial.user_attrs.get("error", ""))
@@ -413,29 +435,31 @@ class Orphans:
     Optuna's own retry callback and its limit. Two workers that find the same orphan at the same
     moment may both queue it: a configuration trained twice, nothing lost."""
 
-    def __init__(self, study: optuna.Study, grace: float | None) -> None:
-        self.study, self.grace = study, grace
+    def __init__(self, study: optuna.Study, grace: float | None, snapshot: Snapshot) -> None:
+        self.study, self.grace, self.snapshot = study, grace, snapshot
         self.retried: set[int] = set()  # a retry, once queued, stays in the study
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if not rejected(trial):
-            self.requeue()
+            self.requeue(self.snapshot(study, trial))
 
-    def requeue(self) -> None:
+    def requeue(self, trials: list[FrozenTrial] | None = None) -> None:
         if self.grace is None:
             return
+        trials = self.study.get_trials(deepcopy=False) if trials is None else trials
         now = datetime.now()  # Optuna's timestamps are naive local time
-        dead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                if end_reason(t) in RESUMABLE and t.number not in self.retried
+        dead = [t for t in trials if t.state == TrialState.FAIL
+                and end_reason(t) in RESUMABLE and t.number not in self.retried
                 and len(t.system_attrs.get("retry_history", [])) < MAX_RETRY
                 and t.datetime_complete is not None and (now - t.datetime_complete).total_seconds() > self.grace]
-        if not dead:  # the usual case: one query of failed trials
+        if not dead:  # the usual case
             return
-        self.retried |= {n for t in self.study.get_trials(deepcopy=False) for n in t.system_attrs.get("retry_history", [])}
+        self.retried |= {n for t in trials for n in t.system_attrs.get("retry_history", [])}
         for t in dead:
             if t.number not in self.retried:
                 retry(self.study, t)
                 self.retried.add(t.number)
+        self.snapshot.changed()
 
 
 class NoPulse:
@@ -445,7 +469,7 @@ class NoPulse:
     def beating(self, trial: optuna.Trial) -> Iterator[None]:
         yield
 
-    def fail_stale(self, study: optuna.Study) -> None:
+    def fail_stale(self, study: optuna.Study, trials: list[FrozenTrial] | None = None) -> None:
         pass
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -455,8 +479,8 @@ class NoPulse:
 class Pulse(NoPulse):
     """Heartbeats in a user attr, for a storage that keeps none (see the module docstring)."""
 
-    def __init__(self, interval: float, grace: float) -> None:
-        self.interval, self.grace = interval, grace
+    def __init__(self, interval: float, grace: float, snapshot: Snapshot) -> None:
+        self.interval, self.grace, self.snapshot = interval, grace, snapshot
 
     @contextlib.contextmanager
     def beating(self, trial: optuna.Trial) -> Iterator[None]:
@@ -476,11 +500,14 @@ class Pulse(NoPulse):
             done.set()
             thread.join()
 
-    def fail_stale(self, study: optuna.Study) -> None:
+    def fail_stale(self, study: optuna.Study, trials: list[FrozenTrial] | None = None) -> None:
         """Fail every RUNNING trial silent for ``grace`` seconds and queue its retry."""
         now = time.time()
-        stale = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                 if now - max(t.user_attrs.get("alive", 0.0), t.datetime_start.timestamp() if t.datetime_start else 0.0) > self.grace]
+        trials = study.get_trials(deepcopy=False) if trials is None else trials
+        stale = [t.number for t in trials if t.state == TrialState.RUNNING
+                 and now - max(t.user_attrs.get("alive", 0.0), t.datetime_start.timestamp() if t.datetime_start else 0.0) > self.grace]
+        if stale:
+            self.snapshot.changed()
         for number in stale:
             study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
             failed = study.get_trials(deepcopy=False)[number]
@@ -489,7 +516,7 @@ class Pulse(NoPulse):
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if not rejected(trial):
-            self.fail_stale(study)
+            self.fail_stale(study, self.snapshot(study, trial))
 
 
 def retry(study: optuna.Study, trial: FrozenTrial) -> None:

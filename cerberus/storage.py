@@ -33,10 +33,12 @@ to it, ``BEGIN IMMEDIATE`` lost none but was slower than this).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import random
 import shlex
+import socket
 import sqlite3
 import time
 import warnings
@@ -64,6 +66,7 @@ PROXY_SCHEME = "grpc://"
 PROXY_HINT = 'pip install -e ".[grpc]" (or pip install grpcio "protobuf>=5.28.1")'
 PROXY_WAIT = 10.0  # seconds a worker waits for the proxy to answer
 DEFAULT_PROXY_PORT = 13000
+PROXY_THREADS = 10  # Optuna's default: calls a database server serves at once
 
 
 def is_proxy(url: str) -> bool:
@@ -98,21 +101,35 @@ def open_proxy(url: str):  # type: ignore[no-untyped-def]
     return proxy
 
 
-def serve_proxy(url: str, host: str, port: int, ready=None) -> None:  # type: ignore[no-untyped-def]
-    """Serve Optuna's gRPC storage proxy on ``host:port`` in front of the database at ``url``
-    (made if it is a new SQLite file) until the process is stopped."""
+def proxy_backend(url: str, host: str, port: int) -> optuna.storages.RDBStorage:
+    """The database a proxy will serve, opened (made, for a new SQLite file), once everything a
+    user can get wrong is checked: a proxy URL, no gRPC installed, an address that cannot be bound."""
     if is_proxy(url):
         raise UserError(f"--storage {url}: give the database the proxy serves (sqlite:///... or postgresql://...), not a proxy")
     try:
         import grpc  # noqa: F401
     except ImportError:
         raise UserError(f"proxy: the gRPC server is not installed; {PROXY_HINT}") from None
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, port))
+    except OSError as e:
+        raise UserError(f"proxy: cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return open_storage(url, create=True)
+
+
+def serve_proxy(storage: optuna.storages.RDBStorage, host: str, port: int, sqlite: bool) -> None:
+    """Serve Optuna's gRPC storage proxy on ``host:port`` in front of ``storage`` until the
+    process is stopped (KeyboardInterrupt)."""
     import optuna
 
-    storage = open_storage(url, create=True)
+    # SQLite takes one writer at a time, and threads that wait for its lock sleep in growing steps:
+    # one thread serving every call is the better choice there (benchmarks/RESULTS.md).
+    threads = 1 if sqlite else PROXY_THREADS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
+        optuna.storages.run_grpc_proxy_server(storage, host=host, port=port,
+                                              thread_pool=concurrent.futures.ThreadPoolExecutor(threads))
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -49,8 +49,11 @@ def is_trained(t: FrozenTrial) -> bool:
     return t.state == TrialState.COMPLETE or (t.state == TrialState.PRUNED and t.user_attrs.get("reason") not in REJECTED)
 
 
-def count_trained(study: optuna.Study) -> int:
-    return sum(is_trained(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+def count_trained(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> int:
+    """The study's trained trials; ``trials``: all of them, already read."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return sum(is_trained(t) for t in trials)
 
 
 def last_accuracy(trial: FrozenTrial) -> float | None:
@@ -61,25 +64,27 @@ def last_accuracy(trial: FrozenTrial) -> float | None:
     return history[-1] if history else None
 
 
-def best_trials(study: optuna.Study, top: int | None = None) -> list[FrozenTrial]:
+def best_trials(study: optuna.Study, top: int | None = None, trials: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
     """Completed trials, best validation accuracy first (fewer parameters break ties); of a
-    multi-objective study only its Pareto front. ``top=None`` is one trial, or the whole front."""
+    multi-objective study only its Pareto front. ``top=None`` is one trial, or the whole front.
+    ``trials``: all of the study's, already read (a single-objective study reads nothing more)."""
     if len(study.directions) > 1:
         done = study.best_trials
     else:
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        done = ([t for t in trials if t.state == TrialState.COMPLETE] if trials is not None
+                else study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         top = top or 1
     return sorted(done, key=lambda t: (-t.values[0], t.user_attrs.get("params", 0), t.number))[:top]
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    top = best_trials(study, 1)
+def best_trial(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> FrozenTrial | None:
+    top = best_trials(study, 1, trials)
     return top[0] if top else None
 
 
-def best_seen(study: optuna.Study) -> tuple[float, int] | None:
+def best_seen(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> tuple[float, int] | None:
     """(validation accuracy, trial number) of the study's best trial, as the reporter shows it."""
-    best = best_trial(study)
+    best = best_trial(study, trials)
     return None if best is None else (best.values[0], best.number)
 
 
