@@ -2,9 +2,9 @@
 
     python benchmarks/proxy_throughput.py --storage sqlite:////tmp/p.db --workers 8 --trials 200 [--proxy]
 
-Each worker is a process running cerberus's own search (:class:`cerberus.search.Search`, the
-smoke space, every attribute and constraint a trial records, three epochs reported to the
-pruner) with an instant trainer in place of training, so what is measured is the storage: each
+Each worker is a process running cerberus's own search (:class:`cerberus.search.Search`: a
+one-parameter space, every attribute and constraint a trial records, three epochs reported to
+the pruner) with an instant trainer in place of training, so what is measured is the storage: each
 worker trains ``--trials`` trials' worth of the study's target (the study's target is
 ``workers * trials``). With ``--proxy`` the script starts ``cerberus-search proxy`` in front of
 ``--storage`` on a free loopback port and the workers use ``grpc://127.0.0.1:PORT``, with
@@ -23,6 +23,18 @@ import time
 from pathlib import Path
 
 from common import ROOT, child_env
+
+
+# One sampled parameter: what is measured is what every trial writes, not the sampler.
+SPACE = """
+[arch]
+stages = 1
+blocks = 1
+widths = 8
+[recipe]
+lr = { low = 0.001, high = 0.1, log = true }
+epochs = 3
+"""
 
 
 class InstantFit:
@@ -71,7 +83,7 @@ def _worker(url: str, target: int, index: int, errors) -> None:  # type: ignore[
     from cerberus.progress import Reporter
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    space = spaces.parse((ROOT / "search" / "smoke.toml").read_text().replace("epochs = 1", "epochs = 3"), "smoke.toml")
+    space = spaces.parse(SPACE, "one-parameter space")
     opts = searches.RunOptions(trials=target, max_params=5_000_000, data="synthetic", grace=30.0,
                                pulse=10.0 if stores.is_proxy(url) else None)
     try:
