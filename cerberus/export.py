@@ -62,7 +62,7 @@ def frame(study: optuna.Study) -> pd.DataFrame:
     names = sorted({p for t in trials for p in t.params})
     df = pd.DataFrame(rows, columns=[*COLUMNS, *(f"params_{p}" for p in names)])
     for i, (col, value) in enumerate(_definition(study).items()):  # the same on every row: what the study searches
-        df.insert(len(COLUMNS) + i, col, value)
+        df.insert(len(COLUMNS) + i, col, float("nan") if value is None else value)  # empty, as csv and json read it back
     for col in DATES:
         df[col] = pd.to_datetime(df[col])
     for col in FLOATS:  # a column no trial filled is still a number column, as every reader reads it back

@@ -94,8 +94,9 @@ def open_proxy(url: str):  # type: ignore[no-untyped-def]
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
     try:
+        socket.create_connection((host, port), timeout=PROXY_WAIT).close()  # nothing listening: at once
         proxy.wait_server_ready(timeout=PROXY_WAIT)
-    except ConnectionError:
+    except (ConnectionError, OSError):
         raise UserError(f"--storage {url}: no storage proxy answers there within {PROXY_WAIT:.0f} s; start one with "
                         f"`cerberus-search proxy --storage DATABASE_URL --host {host} --port {port}`") from None
     return proxy
