@@ -50,6 +50,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="the search's --seed")
+    p.add_argument("--skip-fp32", action="store_true", help="leave out step 7 (a regression rerun of the search needs it not)")
     a = p.parse_args()
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +99,9 @@ def main() -> None:
         f"(epoch {t['best_epoch']}), course trial {t['course_s']:.1f} s: ratio {t['ratio']:.3f}")
     save()
 
+    if a.skip_fp32:
+        say(f"summary: {summary_path}")
+        return
     summary["course_fp32"] = train_row("course_fp32", ["train", "--config", "seed-cpu", "--seeds", str(a.seeds),
                                                        "--precision", "fp32", *common], out, summary)
     save()
