@@ -1,7 +1,7 @@
 """GPU memory after each of N trials (issues 3 and 5: memory after trial 20 equals trial 1).
 
 Runs ``--trials`` real trials of ``search/smoke.toml`` (or ``--space``) through
-``cerberus.study.run`` on a CUDA device with synthetic data, in one process, and prints
+``cerberus.loop.run`` on a CUDA device with synthetic data, in one process, and prints
 ``torch.cuda.memory_allocated`` and ``memory_reserved`` after every trial, then the growth
 from the first trial to the last. Needs CUDA.
 
@@ -21,7 +21,7 @@ import torch
 from cerberus import data as datasets
 from cerberus import space as spaces
 from cerberus import storage as stores
-from cerberus import search as searches
+from cerberus import loop as searches
 from cerberus import study as studies
 from cerberus import trials as records
 from cerberus.trials import Reason

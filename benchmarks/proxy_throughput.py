@@ -2,7 +2,7 @@
 
     python benchmarks/proxy_throughput.py --storage sqlite:////tmp/p.db --workers 8 --trials 200 [--proxy]
 
-Each worker is a process running cerberus's own search (:class:`cerberus.search.Search`: a
+Each worker is a process running cerberus's own search (:class:`cerberus.loop.Search`: a
 one-parameter space, every attribute and constraint a trial records, three epochs reported to
 the pruner) with an instant trainer in place of training, so what is measured is the storage: each
 worker trains ``--trials`` trials' worth of the study's target (the study's target is
@@ -76,7 +76,7 @@ def _worker(url: str, target: int, index: int, errors) -> None:  # type: ignore[
     import optuna
     from rich.console import Console
 
-    from cerberus import search as searches
+    from cerberus import loop as searches
     from cerberus import space as spaces
     from cerberus import storage as stores
     from cerberus import study as studies

@@ -1,7 +1,7 @@
 """Which sampler and pruner to search with at 50 trials: cerberus's own search loop, with
 training replaced by a learning-curve simulator, for several pairs over several seeds.
 
-Each study is :func:`cerberus.study.run` itself on the default space (sampling, the budget
+Each study is :func:`cerberus.loop.run` itself on the default space (sampling, the budget
 check with its rejections and constraints, per-epoch reports, the pruner's cuts, the count
 of 50 trained trials), with :class:`cerberus.train.Fit` swapped for :class:`SimulatedFit` (the search's ``trainer``), so a
 study costs seconds instead of GPU hours. Each study first trains ``--trials`` trials, then
@@ -49,7 +49,7 @@ import torch
 from rich.console import Console
 
 from cerberus import space as spaces
-from cerberus import search as searches
+from cerberus import loop as searches
 from cerberus import study as studies
 from cerberus import trials as records
 from cerberus.trials import Reason

@@ -1,7 +1,7 @@
 """Wall time for the seed's ResNet-24 to reach 94% and 95% validation accuracy (issue 3).
 
 Trains the course project's architecture (blocks 3,5,3; widths 64,128,256) twice through
-``cerberus.train.fit``, the code every trial runs, on the search split (45,000 train / 5,000
+``cerberus.train.Fit``, the code every trial runs, on the search split (45,000 train / 5,000
 validation) and prints, per epoch, the wall time so far and the validation accuracy:
 
 * ``fast``: cerberus's fast recipe (below), for ``--fast-epochs`` epochs;

@@ -62,7 +62,7 @@ def sweep(study: optuna.Study, artifacts: Path | None, grace: float | None, max_
     A family keeps its checkpoint while one of its trials is RUNNING or WAITING, and while its
     last trial is a failure that may still be retried (killed or interrupted, fewer than
     ``max_retry`` retries, none queued yet): a dead worker's trial whose retry another worker
-    has yet to queue (:class:`cerberus.search.Orphans`) resumes from it."""
+    has yet to queue (:class:`cerberus.loop.Orphans`) resumes from it."""
     from optuna.trial import TrialState
 
     from cerberus.trials import RESUMABLE, end_reason

@@ -113,7 +113,7 @@ def run(
     A study stores what defines it (space, epochs, budget, data, objectives): `run --storage URL
     --study NAME` with nothing else joins it from any machine."""
     from cerberus import data as datasets
-    from cerberus import search as searches
+    from cerberus import loop as searches
     from cerberus import storage as stores
     from cerberus import study as studies
     from cerberus import workers as pool
@@ -163,7 +163,7 @@ def run(
 @app.command(name="worker", hidden=True)
 def worker() -> None:
     """One of `run --workers`'s processes: its job (cerberus.workers.Job) comes in the environment."""
-    from cerberus import search as searches
+    from cerberus import loop as searches
     from cerberus import storage as stores
     from cerberus import study as studies
     from cerberus import workers as pool
@@ -180,7 +180,7 @@ def worker() -> None:
 
 
 def _exit_if_stopped_early(result, max_failures: int) -> None:  # type: ignore[no-untyped-def]
-    from cerberus.search import MAX_REJECTIONS_IN_A_ROW
+    from cerberus.loop import MAX_REJECTIONS_IN_A_ROW
 
     if result.gave_up:
         typer.echo(f"stopped: {MAX_REJECTIONS_IN_A_ROW} architectures in a row were over budget or over memory; narrow the space, raise --max-params, or free memory", err=True)
@@ -269,7 +269,7 @@ def _worker_devices(device: str, gpus: str | None, workers: int) -> list[str]:
 
 def _run_one(optuna_study, search_space, opts, splits, done, index):  # type: ignore[no-untyped-def]
     """This process as one worker, with Ctrl-C or SIGTERM turned into a clean stop (exit 130 or 143)."""
-    from cerberus import search as searches
+    from cerberus import loop as searches
     from cerberus.progress import Reporter
 
     try:

@@ -2,7 +2,7 @@
 device offers: what lets a search end a trial that cannot fit before it allocates anything.
 
 :func:`estimate` counts, in closed form, without building a model (so it takes microseconds at
-any depth), the bytes :func:`cerberus.train.fit` holds at its peak on top of what the process
+any depth), the bytes :class:`cerberus.train.Fit` holds at its peak on top of what the process
 held before: weights, gradients, optimizer state, the splits copied to the device, and the
 largest of the transient peaks of building the trainer, a training step, the optimizer step and
 an evaluation, as resident memory. :func:`available` is what the device offers now, :func:`fits`

@@ -4,7 +4,7 @@ The default is ``sqlite:///studies/cerberus.db`` (relative to the working direct
 Optuna RDB URL works (``postgresql://...``), and so does ``grpc://HOST:PORT``, Optuna's gRPC
 storage proxy (:func:`serve_proxy`, ``cerberus-search proxy``) in front of one: many workers,
 one database connection pool. Optuna keeps no heartbeats through the proxy, so a search
-through it keeps its own (:mod:`cerberus.search`, ``Pulse``); the dashboard reads the database
+through it keeps its own (:mod:`cerberus.loop`, ``Pulse``); the dashboard reads the database
 itself, not the proxy.
 
 Reading never writes (:func:`reading`, for ``best``, ``report``, ``export``, ``dashboard``,

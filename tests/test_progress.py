@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 
 from cerberus import space as spaces
-from cerberus import search as searches
+from cerberus import loop as searches
 from cerberus import study as studies
 from cerberus import trials as records
 from cerberus.trials import Reason

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from cerberus import space as spaces
 from cerberus import storage as stores
-from cerberus import search as searches
+from cerberus import loop as searches
 from cerberus import study as studies
 from cerberus import trials as records
 from cerberus.trials import Reason

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from cerberus import checkpoint as checkpoints
 from cerberus import final as finals
-from cerberus import search as searches
+from cerberus import loop as searches
 from cerberus import space as spaces
 from cerberus import study as studies
 from cerberus import train as training

@@ -11,7 +11,7 @@ from cerberus.config import Arch
 from cerberus import model as models
 from cerberus import size as sizes
 from cerberus import space as spaces
-from cerberus import search as searches
+from cerberus import loop as searches
 from cerberus import study as studies
 from cerberus import trials as records
 from cerberus.trials import Reason
