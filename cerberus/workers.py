@@ -15,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from cerberus.errors import UserError
 from cerberus.loop import RunOptions
 
 JOB_ENV = "CERBERUS_JOB"
@@ -35,8 +36,12 @@ class Job:
 
     @classmethod
     def from_env(cls) -> Job:
-        raw = json.loads(os.environ[JOB_ENV])
-        return cls(raw["study"], raw["storage"], raw["heartbeat"], RunOptions(**raw["options"]), raw["index"])
+        try:
+            raw = json.loads(os.environ[JOB_ENV])
+            return cls(raw["study"], raw["storage"], raw["heartbeat"], RunOptions(**raw["options"]), raw["index"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"`worker` is what `cerberus-search run --workers K` starts, with its job in ${JOB_ENV}; "
+                            f"run `cerberus-search run` instead") from None
 
 
 def spawn(jobs: list[Job]) -> int:

@@ -102,4 +102,5 @@ def test_what_the_proxy_cannot_do_is_refused_in_one_line(workdir, monkeypatch, c
     assert "no storage proxy answers" in refusal(capsys, "run", *SMOKE, "--storage", "grpc://127.0.0.1:9", "--trials", "1")
     assert "optuna-dashboard reads the database itself" in refusal(capsys, "dashboard", "--storage", "grpc://127.0.0.1:9")
     assert "not a proxy address" in refusal(capsys, "best", "--storage", "grpc://nowhere")
+    assert "run `cerberus-search run` instead" in refusal(capsys, "worker")  # the hidden command, without its job
     assert not (workdir / "studies").exists()
