@@ -66,21 +66,46 @@ def cutout(x: torch.Tensor, holes: int, length: int) -> torch.Tensor:
 
 
 def mix(x: torch.Tensor, y: torch.Tensor, mixup_alpha: float, cutmix_alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup or cutmix (one per batch, equal chance when both are on) on images and soft labels."""
-    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or torch.rand(()).item() < 0.5)
-    alpha = cutmix_alpha if use_cutmix else mixup_alpha
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    perm = torch.randperm(x.shape[0], device=x.device)
-    if use_cutmix:
-        h, w = x.shape[2:]
-        ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-        top, left = int(torch.randint(0, h - ch + 1, ())), int(torch.randint(0, w - cw + 1, ()))
-        x = x.clone()
-        x[:, :, top : top + ch, left : left + cw] = x[perm, :, top : top + ch, left : left + cw]
-        lam = 1 - (ch * cw) / (h * w)
+    """Mixup or cutmix (one per batch, equal chance when both are on) on images and soft labels.
+
+    Every draw (which of the two, the mixing weight, the box) is made on the batch's device and
+    the box is a mask, not a slice: the step never waits for the device to hand a number to
+    Python, and its shapes never change (what a CUDA graph needs). With both on, both are
+    computed and one is kept."""
+    n, _, h, w = x.shape
+    perm = torch.randperm(n, device=x.device)
+    mixed = _cutmix(x, perm, cutmix_alpha) if cutmix_alpha > 0 else None
+    blended = _mixup(x, perm, mixup_alpha) if mixup_alpha > 0 else None
+    if mixed is None or blended is None:
+        out, lam = mixed or blended  # type: ignore[misc]
     else:
-        x = lam * x + (1 - lam) * x[perm]
-    return x, lam * y + (1 - lam) * y[perm]
+        pick = torch.rand((), device=x.device) < 0.5
+        out, lam = torch.where(pick, mixed[0], blended[0]), torch.where(pick, mixed[1], blended[1])
+    return out, lam * y + (1 - lam) * y[perm]
+
+
+def _beta(alpha: float, device: torch.device) -> torch.Tensor:
+    a = torch.tensor(float(alpha), device=device)
+    return torch.distributions.Beta(a, a).sample()
+
+
+def _mixup(x: torch.Tensor, perm: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    lam = _beta(alpha, x.device)
+    return lam * x + (1 - lam) * x[perm], lam
+
+
+def _cutmix(x: torch.Tensor, perm: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A box of area 1 - lam (lam ~ Beta(alpha, alpha)) pasted from the shuffled batch; the
+    labels mix by the box's actual area."""
+    h, w = x.shape[2:]
+    side = (1 - _beta(alpha, x.device)).sqrt()
+    ch, cw = (h * side).floor(), (w * side).floor()
+    top = (torch.rand((), device=x.device) * (h - ch + 1)).floor()
+    left = (torch.rand((), device=x.device) * (w - cw + 1)).floor()
+    rows = torch.arange(h, device=x.device).view(h, 1)
+    cols = torch.arange(w, device=x.device).view(1, w)
+    box = (rows >= top) & (rows < top + ch) & (cols >= left) & (cols < left + cw)
+    return torch.where(box, x[perm], x), 1 - ch * cw / (h * w)
 
 
 def trivial_augment(x: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,11 @@
   project's recipe (:data:`cerberus.config.COURSE`, which ``search/seed.toml`` pins) at
   ``options.batch_size``; ``first_step_s`` is the first warm-up step alone (with
   ``compile`` it holds the compilation).
+* ``aten_ops_per_step``: every aten operation of one whole timed step (augmentation, forward,
+  backward, clipping, optimizer, schedule), counted after the warm-up (:mod:`cerberus.opcount`):
+  on a GPU each is about one kernel launch, the host work a step must hide.
+* ``config``: what was timed; by default the course recipe on ``arch`` at ``batch_size``, or
+  ``options.config`` (``bench --config FILE.json``) whole.
 * ``flops_per_image``: forward FLOPs of one image (torch's FlopCounterMode, as
   :func:`cerberus.model.measure` counts them); ``train_flops_per_image`` is three times that
   (backward costs about twice the forward), and ``tflops`` is that times images/s.
@@ -73,6 +78,7 @@ class Options:
     compile: bool = False
     precision: str = "auto"
     plain: bool = False
+    config: Config | None = None  # the whole configuration to time (its arch and recipe), instead of the course recipe
 
     def __post_init__(self) -> None:
         for name, value in (("--steps", self.steps), ("--warmup", self.warmup), ("--batch-size", self.batch_size)):
@@ -100,7 +106,9 @@ def run(arch: Arch, options: Options) -> dict[str, Any]:
     peak_flops, peak_dtype = matmul_peak(o.device, precision.dtype)
     if cuda:
         torch.cuda.reset_peak_memory_stats(o.device)
-    fast = _fast(arch, train, o, precision)
+    config = o.config or Config(arch, dataclasses.replace(COURSE_RECIPE, batch_size=o.batch_size))
+    arch = config.arch
+    fast, ops = _fast(config, train, o, precision)
     peak_mem = torch.cuda.max_memory_allocated(o.device) if cuda else _peak_rss()
     release(o.device, compiled=o.compile)
     size = sizes.of(arch)
@@ -112,6 +120,7 @@ def run(arch: Arch, options: Options) -> dict[str, Any]:
         "depth": arch.depth, "params": size.params, "data": o.data, "batch_size": o.batch_size,
         "steps": o.steps, "warmup": o.warmup, "compile": o.compile, "precision": precision.name,
         "images_per_s": fast.images_per_s, "ms_per_step": fast.ms_per_step, "first_step_s": fast.first_step_s,
+        "aten_ops_per_step": ops, "config": config.to_dict(),
         "flops_per_image": size.flops, "train_flops_per_image": TRAIN_FLOPS_PER_FORWARD * size.flops,
         "tflops": achieved / 1e12, "peak_tflops": peak_flops / 1e12, "peak_dtype": peak_dtype,
         "mfu": achieved / peak_flops,
@@ -138,7 +147,8 @@ def report(r: dict[str, Any]) -> str:
         f"ResNet-{r['depth']} blocks {','.join(map(str, a['blocks']))} widths {','.join(map(str, a['widths']))} "
         f"({r['params']:,} params) on {r['device']}, torch {r['torch']}, batch {r['batch_size']}, "
         f"{r['data']} data, {r['steps']} steps after {r['warmup']} warm-up, {r['precision']}{', compiled' if r['compile'] else ''}",
-        f"  speed:   {r['images_per_s']:,.1f} images/s, {r['ms_per_step']:,.2f} ms/step (first warm-up step {r['first_step_s']:.2f} s)",
+        f"  speed:   {r['images_per_s']:,.1f} images/s, {r['ms_per_step']:,.2f} ms/step (first warm-up step {r['first_step_s']:.2f} s), "
+        f"{r['aten_ops_per_step']:,} aten operations per step",
         f"  FLOPs:   {r['flops_per_image'] / 1e6:,.1f} MFLOPs/image forward; training counted as "
         f"{TRAIN_FLOPS_PER_FORWARD}x forward = {r['train_flops_per_image'] / 1e9:,.2f} GFLOPs/image",
         f"  MFU:     {r['mfu']:.1%} = {r['tflops']:.3f} TFLOP/s achieved / {r['peak_tflops']:.3f} TFLOP/s "
@@ -195,13 +205,16 @@ def time_steps(step: Callable[[], object], steps: int, warmup: int, batch: int, 
     return Speed(steps * batch / seconds, 1000 * seconds / steps, first)
 
 
-def _fast(arch: Arch, train: Split, o: Options, precision: Precision) -> Speed:
-    recipe = dataclasses.replace(COURSE_RECIPE, batch_size=o.batch_size)
-    trainer = Trainer(Config(arch, recipe), train, o.device, total_steps=o.warmup + o.steps, compile=o.compile,
+def _fast(config: Config, train: Split, o: Options, precision: Precision) -> tuple[Speed, int]:
+    """The timed steps, then the aten operations of one more step."""
+    from cerberus import opcount
+
+    trainer = Trainer(config, train, o.device, total_steps=o.warmup + o.steps + 1, compile=o.compile,
                       precision=precision)
     trainer.model.train()
     batches = _forever(trainer.batches)
-    return time_steps(lambda: trainer.step(next(batches)), o.steps, o.warmup, o.batch_size, o.device)
+    speed = time_steps(lambda: trainer.step(next(batches)), o.steps, o.warmup, config.recipe.batch_size, o.device)
+    return speed, opcount.count(lambda: trainer.step(next(batches)))
 
 
 class PerImage(torch.utils.data.Dataset):

@@ -102,6 +102,7 @@ def run(
     gpus: Annotated[Optional[str], typer.Option(help="Comma-separated CUDA device indices, e.g. 0,1: --workers processes on each.")] = None,
     max_failures: Annotated[int, typer.Option(help="Stop after this many failed trials in a row.")] = 5,
     heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats; silent for 3x that, it is retried.")] = 10,
+    checkpoint_every: Annotated[float, typer.Option(help="A running trial saves its state at an epoch's end once this many seconds have passed since its last save (0: every epoch); a killed trial resumes from there.")] = 60.0,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each trial's training step (pays off only for long trials; see benchmarks/RESULTS.md).")] = False,
     precision: Precision = "auto",
     objectives: Annotated[Optional[str], typer.Option(help="accuracy, or a Pareto front of accuracy,params or accuracy,latency (no pruning then). Default: the study's, else accuracy.", show_default=False)] = None,
@@ -122,6 +123,8 @@ def run(
     for name, value in (("--trials", trials), ("--max-params", max_params), ("--epochs", epochs), ("--timeout", timeout),
                         ("--workers", workers), ("--max-failures", max_failures), ("--heartbeat", heartbeat)):
         _positive(name, value)
+    if checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every must be 0 (every epoch) or more seconds, got {checkpoint_every:g}")
     if data is not None and data not in datasets.DATASETS:
         raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
     _precision(precision)
@@ -147,14 +150,15 @@ def run(
                                str(data_dir) if data_dir else None, seed, timeout, max_failures,
                                stores.artifact_dir(storage, study), compile, definition.objectives,
                                stores.grace_period(heartbeat), precision,
-                               pulse=heartbeat if stores.is_proxy(storage) else None)
+                               pulse=heartbeat if stores.is_proxy(storage) else None, checkpoint_every=checkpoint_every)
     if len(devices) > 1:
-        jobs = [pool.Job(study, storage, heartbeat, dataclasses.replace(opts, device=str(resolve_device(d))), i)
+        jobs = [pool.for_device(pool.Job(study, storage, heartbeat, opts, i), str(resolve_device(d)))
                 for i, d in enumerate(devices)]
         code = pool.spawn(jobs)
         _say_where(optuna_study, trials, study, storage, code)
         raise typer.Exit(code)
-    opts = dataclasses.replace(opts, device=str(resolve_device(devices[0])))
+    here = resolve_device(devices[0])
+    opts = dataclasses.replace(opts, device=str(here), gpu=here.index if here.type == "cuda" else None)
     result = _run_one(optuna_study, search_space, opts, lambda: splits, done, None)
     _say_where(optuna_study, trials, study, storage, 0, result)
     _exit_if_stopped_early(result, max_failures)
@@ -596,7 +600,8 @@ def bench(
     conv_kernel: Annotated[int, typer.Option(help="Kernel of the stem and block convs (F).")] = 3,
     skip_kernel: Annotated[int, typer.Option(help="Kernel of projection shortcuts (K): 1 or 3.")] = 1,
     pool: Annotated[int, typer.Option(help="Average-pool kernel over the last map (P); 0 = global.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step (default: 128, or the --config's).", show_default=False)] = None,
+    config: Annotated[Optional[str], typer.Option(help="Time this whole configuration (its architecture and recipe) instead of the course recipe on --blocks/--channels: a shipped one by name (seed), a Config JSON file or a `best --json` row.")] = None,
     steps: Annotated[int, typer.Option(help="Timed training steps.")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed steps first (at least 1: allocation, autotuning, compilation).")] = 2,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
@@ -612,9 +617,16 @@ def bench(
     from cerberus import bench as benches
     from cerberus.devices import resolve_device
 
-    arch = _arch(blocks, channels, conv_kernel, skip_kernel, pool)
-    options = benches.Options(batch_size, steps, warmup, resolve_device(device), data, data_dir, baseline, compile,
-                              _precision(precision), plain)
+    arch, timed = _arch(blocks, channels, conv_kernel, skip_kernel, pool), None
+    if config is not None:
+        from cerberus import final as finals
+        from cerberus import shipped
+
+        timed = finals.from_file(shipped.resolve(config, shipped.CONFIG, "--config")).config
+        arch, batch_size = timed.arch, batch_size or timed.recipe.batch_size
+        timed = dataclasses.replace(timed, recipe=dataclasses.replace(timed.recipe, batch_size=batch_size))
+    options = benches.Options(batch_size or 128, steps, warmup, resolve_device(device), data, data_dir, baseline, compile,
+                              _precision(precision), plain, timed)
     loops = [name for name, on in (("the plain loop", plain), ("the course loop", baseline)) if on]
     typer.echo(f"bench: ResNet-{arch.depth} on {options.device}, {warmup} warm-up + {steps} timed steps"
                f"{' and the same for ' + ' and '.join(loops) if loops else ''}", err=True)

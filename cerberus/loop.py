@@ -14,8 +14,9 @@ Contract of :class:`Search` (``Search(study, space, opts, reporter).run()``):
   untrained, with a positive ``memory`` constraint. Neither counts as trained.
 * :meth:`Search.train` owns the loop over the epochs of a :class:`cerberus.train.Fit` (the
   ``trainer`` parameter: benchmarks and tests hand in their own). It resumes from the trial's
-  checkpoint, saves the checkpoint after each epoch but the last, then reports the epoch's
-  validation accuracy and lets the pruner decide. Multi-objective trials are
+  checkpoint, reports each epoch's validation accuracy, lets the pruner decide, then saves the
+  checkpoint if ``checkpoint_every`` seconds have passed since the last save (never for the
+  last epoch, nor for one the pruner cut). Multi-objective trials are
   never pruned (Optuna prunes single-objective studies only, and cutting on accuracy alone would
   cut the small, slow-to-learn nets a front is for); they keep ``val_history``.
 * :meth:`Search.record` stores how the trial trained and returns its objective values, or ends
@@ -82,7 +83,7 @@ from cerberus.trials import REJECTED, RESUMABLE, Reason, best_seen, best_trial, 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 MAX_REJECTIONS_IN_A_ROW = 1000  # a feasible space that the sampler still cannot hit
 # What a finished trial records about how it ended; a retry, which inherits them, clears them.
-OUTCOME_ATTRS = ("reason", "error", "epochs", "train_seconds", "step_seconds", "images_per_s", "resumed_epochs",
+OUTCOME_ATTRS = ("reason", "error", "epochs", "train_seconds", "step_seconds", "first_step_seconds", "images_per_s", "resumed_epochs",
                  "epoch_seconds", "val_history", "latency_ms", "latency_batch", "memory_available_bytes")
 Splits = Callable[[], tuple[Split, Split]]
 
@@ -107,6 +108,8 @@ class RunOptions:
     grace: float | None = None  # the storage's heartbeat grace period (seconds); None: heartbeats off
     precision: str = "auto"  # cerberus.precision.PRECISIONS
     pulse: float | None = None  # seconds between this search's own heartbeats, where the storage keeps none
+    checkpoint_every: float = 60.0  # seconds between a trial's checkpoints at the least (0: every epoch)
+    gpu: int | None = None  # the physical GPU (as --gpus and nvidia-smi number it), recorded with each trial
 
     def __post_init__(self) -> None:  # a torch.device or a Path is accepted, a string is kept
         object.__setattr__(self, "device", str(self.device))
@@ -164,6 +167,8 @@ class Search:
         self.splits = functools.cache(splits or (lambda: datasets.search_splits(opts.data, opts.data_dir)))
         self.trainer, self.extra_callbacks = trainer, list(callbacks)
         self.device, self.precision = opts.torch_device, opts.step_precision
+        if self.device.type == "cuda":  # else empty_cache and friends make a context on GPU 0 as well
+            torch.cuda.set_device(self.device)
         self.multi = len(opts.objectives) > 1
         self.current: int | None = None  # the trial this worker runs now
         self.snapshot = Snapshot()
@@ -248,18 +253,21 @@ class Search:
             state = checkpoints.load(checkpoint, self.device)
             if state is not None:
                 fit.restore(state)
+            saved = time.perf_counter()
             for epoch in fit:
                 if epoch.diverged:
                     break
-                # Saved before the epoch is reported: a worker killed once a value is in the study
-                # resumes after that epoch (the last epoch's state is never read, so not saved).
-                if checkpoint is not None and not epoch.restored and epoch.number < epochs:
-                    checkpoints.save(checkpoint, fit.state())
-                self.check_stop()
                 self.reporter.epoch(trial.number, epoch.number, epochs, epoch.val_accuracy)
                 if self._prunes(trial, epoch, epochs):
                     pruned = True
                     break
+                # After the pruner has spoken, never for the last epoch (its state is never read),
+                # and at most every checkpoint_every seconds: a save stalls the step.
+                if (checkpoint is not None and not epoch.restored and epoch.number < epochs
+                        and time.perf_counter() - saved >= self.opts.checkpoint_every):
+                    checkpoints.save(checkpoint, fit.state())
+                    saved = time.perf_counter()
+                self.check_stop()
             latency = None
             if "latency" in self.opts.objectives and not fit.diverged:
                 latency = latency_ms(fit.trainer.model, self.device, fit.trainer.precision)
@@ -274,8 +282,9 @@ class Search:
     def record(self, trial: optuna.Trial, size: sizes.Size, outcome: Outcome) -> float | tuple[float, float]:
         r = outcome.result
         attrs = {"epochs": r.epochs, "train_seconds": r.train_seconds, "step_seconds": r.step_seconds,
+                 "first_step_seconds": r.first_step_seconds,
                  "images_per_s": r.images_per_s, "device": device_name(self.device), "precision": self.precision.name,
-                 "epoch_seconds": r.epoch_seconds}
+                 "epoch_seconds": r.epoch_seconds, "gpu": self.opts.gpu}
         if r.resumed_epochs:
             attrs["resumed_epochs"] = r.resumed_epochs
         if self.multi:

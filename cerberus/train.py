@@ -69,6 +69,7 @@ class Result:
     epoch_seconds: list[float] = field(default_factory=list)
     diverged: bool = False  # the loss became NaN or infinite
     resumed_epochs: int = 0  # epochs restored from a checkpoint rather than trained here
+    first_step_seconds: float = 0.0  # the first step this fit ran (autotuning, compilation): not in step_seconds
 
 
 @dataclass
@@ -183,6 +184,7 @@ class Fit:
         self.history: list[float] = []  # validation accuracy per epoch, restored ones first
         self.clock: list[float] = []  # Result.epoch_seconds
         self.step_seconds, self.epochs, self.resumed_epochs, self.diverged = 0.0, 0, 0, False
+        self.first_step_seconds: float | None = None  # the fit's first step, not in step_seconds
         self._restored: list[float] = []
 
     def __enter__(self) -> Fit:
@@ -238,26 +240,32 @@ class Fit:
         p.started = t0 if p.started is None else p.started
         p.step, p.epoch_started, p.epoch = 0, t0, self.epochs + 1
         loss_sum = torch.zeros((), device=self.device)
+        first = 0.0
         for idx in trainer.batches():
             loss_sum += trainer.step(idx)
             p.step += 1  # host-side counters only: reading them never waits for the device
             p.trained_steps += 1
+            if self.first_step_seconds is None:  # autotuning, compilation, allocation: timed apart
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                first = self.first_step_seconds = time.perf_counter() - t0
         if not math.isfinite(loss_sum.item()):
             return False
         seconds = time.perf_counter() - t0
-        self.step_seconds += seconds
+        self.step_seconds += seconds - first
         p.step_seconds, p.epoch_started = p.step_seconds + seconds, None
         return True
 
     def result(self) -> Result:
         """What the fit did so far: the epochs it ran (restored ones included) and their timings."""
-        images = self.epochs * self.progress.steps_per_epoch * self.progress.batch
+        steps = self.epochs * self.progress.steps_per_epoch - (self.first_step_seconds is not None)
+        images = steps * self.progress.batch
         return Result(
             val_accuracy=self.history[-1] if self.history else 0.0, epochs=self.epochs,
             train_seconds=time.perf_counter() - self.started,
             images_per_s=images / self.step_seconds if self.step_seconds else 0.0,
             step_seconds=self.step_seconds, history=list(self.history), epoch_seconds=list(self.clock),
-            diverged=self.diverged, resumed_epochs=self.resumed_epochs)
+            diverged=self.diverged, resumed_epochs=self.resumed_epochs, first_step_seconds=self.first_step_seconds or 0.0)
 
 
 def fit(config: Config, train: Split, val: Split | None, device: torch.device, seed: int | None = None,
@@ -341,9 +349,11 @@ def _optimizer(model: torch.nn.Module, r: Recipe, fused: bool = False) -> torch.
 def _scheduler(optimizer: torch.optim.Optimizer, r: Recipe, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped once per batch, so short and long trials follow the same curve. ``r.warmup``
     (a fraction of the steps) ramps cosine and step schedules up linearly from zero first;
-    one-cycle has its own warm-up and ignores it."""
+    one-cycle has its own warm-up and ignores it, and cycles momentum only where the optimizer
+    has one (Adadelta has none)."""
     if r.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=r.lr, total_steps=max(total_steps, 2))
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=r.lr, total_steps=max(total_steps, 2),
+                                                   cycle_momentum=not r.optimizer.startswith("adadelta"))
     warm = r.warmup * total_steps
     if r.schedule == "step":
         marks = [m * total_steps for m in r.milestones]
@@ -355,16 +365,24 @@ def _scheduler(optimizer: torch.optim.Optimizer, r: Recipe, total_steps: int) ->
 
 @torch.no_grad()
 def _clip_unitwise(model: torch.nn.Module, clip: float, eps: float = 1e-3) -> None:
-    """Adaptive gradient clipping (Brock et al., 2021): per output unit, keep ||g|| <= clip * ||w||."""
+    """Adaptive gradient clipping (Brock et al., 2021): per output unit, keep ||g|| <= clip * ||w||.
+
+    Grouped by shape, so each group of weights is one batched norm and one scale (a dozen
+    operations for the whole net) instead of a few per tensor."""
+    groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
     for p in model.parameters():
-        if p.grad is None:
-            continue
-        w_norm, g_norm = _unit_norm(p).clamp_min(eps), _unit_norm(p.grad)
-        p.grad.mul_(torch.where(g_norm > clip * w_norm, clip * w_norm / g_norm.clamp_min(1e-6), 1.0))
+        if p.grad is not None:
+            groups.setdefault(tuple(p.shape), []).append(p)
+    for params in groups.values():
+        w, g = torch.stack([p.detach() for p in params]), torch.stack([p.grad for p in params])
+        w_norm, g_norm = _unit_norm(w).clamp_min(eps), _unit_norm(g)
+        scale = torch.where(g_norm > clip * w_norm, clip * w_norm / g_norm.clamp_min(1e-6), 1.0)
+        torch._foreach_mul_([p.grad for p in params], list(scale.unbind(0)))
 
 
 def _unit_norm(t: torch.Tensor) -> torch.Tensor:
-    """Norm per output unit (row of a weight); a 1-d tensor (bias, BatchNorm) is one unit per element."""
-    if t.ndim <= 1:
+    """Norm per output unit of a stack of same-shaped tensors (dim 0 indexes the tensors, dim 1
+    the rows of a weight); a stack of 1-d tensors (biases, BatchNorm) is one unit per element."""
+    if t.ndim <= 2:
         return t.abs()
-    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim)), keepdim=True)
+    return torch.linalg.vector_norm(t, dim=tuple(range(2, t.ndim)), keepdim=True)

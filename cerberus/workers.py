@@ -8,6 +8,7 @@ study stores. The parent waits for all of them, passes Ctrl-C on, and exits with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -35,29 +36,59 @@ class Job:
                            "options": json.loads(self.options.to_json()), "index": self.index})
 
     @classmethod
+    def from_json(cls, text: str) -> Job:
+        raw = json.loads(text)
+        return cls(raw["study"], raw["storage"], raw["heartbeat"], RunOptions(**raw["options"]), raw["index"])
+
+    @classmethod
     def from_env(cls) -> Job:
         try:
-            raw = json.loads(os.environ[JOB_ENV])
-            return cls(raw["study"], raw["storage"], raw["heartbeat"], RunOptions(**raw["options"]), raw["index"])
+            return cls.from_json(os.environ[JOB_ENV])
         except (KeyError, TypeError, ValueError):
             raise UserError(f"`worker` is what `cerberus-search run --workers K` starts, with its job in ${JOB_ENV}; "
                             f"run `cerberus-search run` instead") from None
 
 
+def for_device(job: Job, device: str) -> Job:
+    """``job`` on ``device`` (``cpu``, ``cuda:N``). A GPU worker is given only its GPU: it sees
+    GPU N as its ``cuda:0`` (:func:`environment`) and records N as the trial's ``gpu``."""
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        return dataclasses.replace(job, options=dataclasses.replace(job.options, device="cuda:0", gpu=index))
+    return dataclasses.replace(job, options=dataclasses.replace(job.options, device=device))
+
+
+def environment(job: Job, jobs: list[Job], base: dict[str, str], cores: int) -> dict[str, str]:
+    """What worker ``job`` of ``jobs`` is started with, on a machine of ``cores`` CPU cores.
+
+    * A GPU worker sees its GPU alone (``CUDA_VISIBLE_DEVICES``, numbered in PCI bus order as
+      nvidia-smi numbers them): with every GPU visible, each worker would keep a CUDA context
+      on GPU 0 too (250 to 570 MiB each, made by the first ``empty_cache``).
+    * The CPU workers share the cores: each gets an equal share of threads, since torch's
+      default (all cores each) makes them thrash.
+    * With ``--compile``, the workers share the cores for compilation threads too.
+    """
+    env = {**base, JOB_ENV: job.to_json()}
+    cpu_workers = sum(j.options.device == "cpu" for j in jobs)
+    if cpu_workers:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, cores // cpu_workers)))
+    if job.options.gpu is not None:
+        env.update(CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=str(job.options.gpu))
+    if job.options.compile:
+        env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, cores // len(jobs))))
+    return env
+
+
 def spawn(jobs: list[Job]) -> int:
-    """Run one worker process per job and wait for all of them. The workers that train on the
-    CPU share its cores: each gets an equal share of threads, since torch's default (all cores
-    each) makes them thrash. A SIGINT or SIGTERM of this process is passed on to every worker (a
-    terminal's Ctrl-C reaches them already; a ``kill`` of this process, or Slurm's SIGTERM of its
-    main process, does not). Returns 128 + that signal's number if interrupted, else the largest
-    exit code of the workers."""
+    """Run one worker process per job, each in its :func:`environment`, and wait for all of
+    them. A SIGINT or SIGTERM of this process is passed on to every worker (a terminal's Ctrl-C
+    reaches them already; a ``kill`` of this process, or Slurm's SIGTERM of its main process,
+    does not). Returns 128 + that signal's number if interrupted, else the largest exit code of
+    the workers."""
     from cerberus import signals
 
-    env = {**os.environ}
-    cpu_workers = sum(job.options.device == "cpu" for job in jobs)
-    if cpu_workers:
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cpu_workers)))
-    procs = [subprocess.Popen([sys.executable, "-m", "cerberus", "worker"], env={**env, JOB_ENV: job.to_json()})
+    cores = os.cpu_count() or 1
+    procs = [subprocess.Popen([sys.executable, "-m", "cerberus", "worker"], env=environment(job, jobs, dict(os.environ), cores))
              for job in jobs]
     try:
         codes = [p.wait() for p in procs]

@@ -117,9 +117,9 @@ def test_a_stopped_trial_resumes_from_its_last_epoch(workdir, sigs, reason):
     same path as SIGTERM (cerberus.signals); test_cli.py sends it to a run, test_final.py to a
     retraining."""
     db = workdir / "studies" / "cerberus.db"
-    args = ("run", *SMOKE, "--trials", "1", "--epochs", "4")
+    args = ("run", *SMOKE, "--trials", "1", "--epochs", "4", "--checkpoint-every", "0")
     proc = popen(*args, cwd=workdir)
-    victim = wait_for_epoch(db, 2, proc)
+    victim = wait_for_epoch(db, 3, proc)  # epoch 2's checkpoint is written before epoch 3 trains
     proc.send_signal(sigs[0])
     said = ""
     if len(sigs) > 1:  # the second as it exits, after saying it stopped: the last window left
