@@ -23,8 +23,6 @@ from cerberus import space as spaces
 from cerberus import storage as stores
 from cerberus import loop as searches
 from cerberus import study as studies
-from cerberus import trials as records
-from cerberus.trials import Reason
 from cerberus.devices import resolve_device
 from cerberus.progress import Reporter
 

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, child_env
+from common import child_env
 
 
 # One sampled parameter: what is measured is what every trial writes, not the sampler.

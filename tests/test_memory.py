@@ -17,7 +17,6 @@ from cerberus import augment, memory
 from cerberus import loop as searches
 from cerberus import study as studies
 from cerberus import trials as records
-from cerberus.trials import Reason
 from cerberus import space as spaces
 from cerberus import train as training
 from cerberus.config import COURSE, MAX_BLOCKS, Arch, Augment, Config, Recipe

@@ -19,8 +19,6 @@ from rich.console import Console
 from cerberus import space as spaces
 from cerberus import loop as searches
 from cerberus import study as studies
-from cerberus import trials as records
-from cerberus.trials import Reason
 from cerberus.config import Arch, Config, Recipe
 from cerberus.data import synthetic
 from cerberus.progress import INTERVAL_ENV, Reporter

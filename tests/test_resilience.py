@@ -17,7 +17,6 @@ from cerberus import storage as stores
 from cerberus import loop as searches
 from cerberus import study as studies
 from cerberus import trials as records
-from cerberus.trials import Reason
 from cerberus.progress import Reporter
 from cerberus.train import Fit
 from conftest import cli, popen, refusal, tiny_splits

@@ -3,12 +3,10 @@
 import ast
 import json
 import os
-import pickle
 import subprocess
 import sys
 import time
 import tomllib
-import warnings
 
 import optuna
 import pytest
@@ -24,7 +22,7 @@ from cerberus import train as training
 from cerberus.config import COURSE, Arch, Config, Recipe
 from cerberus.data import synthetic
 from cerberus.progress import Reporter
-from conftest import ROOT, refusal, run_cli
+from conftest import ROOT
 
 CPU = torch.device("cpu")
 

@@ -13,8 +13,6 @@ from cerberus import size as sizes
 from cerberus import space as spaces
 from cerberus import loop as searches
 from cerberus import study as studies
-from cerberus import trials as records
-from cerberus.trials import Reason
 from cerberus.errors import UserError
 from cerberus.progress import Reporter
 
