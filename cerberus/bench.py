@@ -18,23 +18,28 @@
 * ``precision``: what the step computes in (:mod:`cerberus.precision`: by default bf16 autocast
   with channels-last on CUDA and on a CPU with native bf16, fp32 elsewhere).
 * ``mfu``: ``tflops`` over ``peak_tflops``, the dense matmul rate measured in the same run, in
-  ``peak_dtype``, the dtype the step's convs run in.
-* ``peak_mem_bytes``: on CUDA the most memory the timed steps held allocated
+  ``peak_dtype``, the dtype the step's convs run in; ``mfu_datasheet`` over
+  ``datasheet_peak_tflops``, the dense peak NVIDIA publishes for the GPU (None where unknown).
+* ``peak_mem_bytes``: on CUDA the most memory the timed steps held allocated (the counter is
+  reset after the warm-up)
   (``peak_mem_kind = "cuda_max_allocated"``); on the CPU the peak resident set of the whole
   process so far (``"process_peak_rss"``), which includes the interpreter and the data.
 * with ``plain``: ``plain_images_per_s``, ``plain_ms_per_step`` and ``speedup_vs_plain`` of the
   same architecture in the plainest PyTorch loop: fp32, NCHW, one normalised batch made once,
   forward, cross-entropy, backward, the course recipe's SGD; no augmentation, no data movement,
-  no host sync. What the step gains over it is what its precision and layout buy (less what
-  its on-device augmentation costs).
+  no host sync, batches already on the device. What the step gains over it is what its
+  precision and layout buy (less what its on-device augmentation costs).
 * with ``baseline``: ``baseline_images_per_s``, ``baseline_ms_per_step`` and ``speedup`` of the
   same architecture in the loop the course project ran: torchvision transforms per image,
   a DataLoader with 2 workers, fp32, SGD, a host sync per step for the running loss and
-  accuracy; same batch size, steps and warm-up, timed the same way.
+  accuracy; same batch size, steps and warm-up, timed the same way. On a GPU its speed is
+  capped by the host CPU, whose two loader workers transform every image. Both baselines run in full fp32 (``plain_precision``, ``baseline_precision``:
+  no TF32, no cudnn autotuning), whatever the trainer switched on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import resource
@@ -64,6 +69,11 @@ COURSE_RECIPE = COURSE.recipe
 COURSE_MEAN, COURSE_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (about twice the forward)
 MAX_SYNTHETIC = 45_000  # as many training images as CIFAR-10's search split
+# Dense (not sparse) tensor-core peaks from NVIDIA's datasheets, TFLOP/s, by torch's device name.
+DATASHEET_TFLOPS = {
+    ("NVIDIA H200", torch.bfloat16): 989.4, ("NVIDIA H100 80GB HBM3", torch.bfloat16): 989.4,
+    ("NVIDIA A100-SXM4-80GB", torch.bfloat16): 312.0, ("NVIDIA A100-SXM4-40GB", torch.bfloat16): 312.0,
+}
 
 
 @dataclass(frozen=True)
@@ -104,8 +114,6 @@ def run(arch: Arch, options: Options) -> dict[str, Any]:
     cuda = o.device.type == "cuda"
     precision = choose(o.device, o.precision)
     peak_flops, peak_dtype = matmul_peak(o.device, precision.dtype)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(o.device)
     config = o.config or Config(arch, dataclasses.replace(COURSE_RECIPE, batch_size=o.batch_size))
     arch = config.arch
     fast, ops = _fast(config, train, o, precision)
@@ -126,16 +134,18 @@ def run(arch: Arch, options: Options) -> dict[str, Any]:
         "mfu": achieved / peak_flops,
         "peak_mem_bytes": peak_mem, "peak_mem_kind": "cuda_max_allocated" if cuda else "process_peak_rss",
     }
+    sheet = DATASHEET_TFLOPS.get((result["device"], precision.dtype))
+    result.update(datasheet_peak_tflops=sheet, mfu_datasheet=None if sheet is None else achieved / (sheet * 1e12))
     if o.plain:
         plain = _plain(arch, train, o)
         release(o.device)
-        result.update(plain_images_per_s=plain.images_per_s, plain_ms_per_step=plain.ms_per_step,
+        result.update(plain_images_per_s=plain.images_per_s, plain_ms_per_step=plain.ms_per_step, plain_precision="fp32",
                       speedup_vs_plain=fast.images_per_s / plain.images_per_s)
     if o.baseline:
         slow = _baseline(arch, train, o)
         release(o.device)
         result.update(baseline_images_per_s=slow.images_per_s, baseline_ms_per_step=slow.ms_per_step,
-                      speedup=fast.images_per_s / slow.images_per_s)
+                      baseline_precision="fp32", speedup=fast.images_per_s / slow.images_per_s)
     return result
 
 
@@ -188,7 +198,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
 
 def time_steps(step: Callable[[], object], steps: int, warmup: int, batch: int, device: torch.device) -> Speed:
     """Run ``step`` ``warmup`` (>= 1) times untimed, the first timed alone, then ``steps`` times
-    timed, with the device drained before each clock read."""
+    timed, with the device drained before each clock read. CUDA's peak-memory counter is reset
+    after the warm-up, so it holds what the timed steps needed, not the set-up."""
     _sync(device)
     t0 = time.perf_counter()
     step()
@@ -197,6 +208,8 @@ def time_steps(step: Callable[[], object], steps: int, warmup: int, batch: int, 
     for _ in range(warmup - 1):
         step()
     _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
@@ -244,6 +257,18 @@ class Cutout:
         return augment.cutout(image.unsqueeze(0), self.holes, self.length)[0]
 
 
+@contextlib.contextmanager
+def _plain_fp32() -> Iterator[None]:
+    """The baselines as plain PyTorch runs them: full fp32 (no TF32 convs or matmuls) and no
+    cudnn autotuning, whatever the trainer switched on before."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.benchmark = torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _plain(arch: Arch, train: Split, o: Options) -> Speed:
     r = COURSE_RECIPE
     model = ResNet(arch).to(o.device)
@@ -258,7 +283,8 @@ def _plain(arch: Arch, train: Split, o: Options) -> Speed:
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
 
-    return time_steps(step, o.steps, o.warmup, o.batch_size, o.device)
+    with _plain_fp32():
+        return time_steps(step, o.steps, o.warmup, o.batch_size, o.device)
 
 
 def _baseline(arch: Arch, train: Split, o: Options) -> Speed:
@@ -290,7 +316,8 @@ def _baseline(arch: Arch, train: Split, o: Options) -> Speed:
         running["correct"] += outputs.argmax(1).eq(targets).sum().item()
 
     try:
-        return time_steps(step, o.steps, o.warmup, o.batch_size, o.device)
+        with _plain_fp32():
+            return time_steps(step, o.steps, o.warmup, o.batch_size, o.device)
     finally:
         batches.close()  # drops the DataLoader iterator, which stops its workers
 
