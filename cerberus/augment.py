@@ -86,7 +86,7 @@ def mix(x: torch.Tensor, y: torch.Tensor, mixup_alpha: float, cutmix_alpha: floa
 
 def _beta(alpha: float, device: torch.device) -> torch.Tensor:
     a = torch.tensor(float(alpha), device=device)
-    return torch.distributions.Beta(a, a).sample()
+    return torch.distributions.Beta(a, a, validate_args=False).sample()  # validation would read the tensor on the host
 
 
 def _mixup(x: torch.Tensor, perm: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
