@@ -22,6 +22,7 @@ from typing import Any
 from cerberus.errors import UserError, read_text
 
 NUM_CLASSES = 10  # CIFAR-10's, and the model's outputs
+STATS_CHUNK = 2_500  # training images converted to float at a time for the normalisation statistics
 EVAL_BATCH = 1000  # images per evaluation forward: divides the 5,000 validation and 10,000 test images (no ragged batch to autotune)
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "adadelta", "adadelta_agc")
 SCHEDULES = ("cosine", "step", "onecycle")

@@ -34,9 +34,10 @@ ReLU, identity or projection shortcuts, average pool, linear) and the step of
   count as 0: they are already in the process, and in what the CPU no longer offers. CUDA: the
   uint8 splits with int64 labels are copied once per trial. cuDNN's workspaces are an
   allowance, :data:`CUDA_WORKSPACE`, which no GPU has measured yet.
-* Building the trainer takes an fp32 copy of the whole training split for its mean and std
-  (``train._stats``), 12 KiB an image: 553 MB for 45,000 CIFAR-10 images, more than a small
-  net's training step; it is freed before the first step.
+* The normalisation statistics (``train._stats``) are computed on the host copy of the
+  training split, :data:`cerberus.config.STATS_CHUNK` images at a time: two fp32 temporaries of
+  that many images, 12 KiB an image (61 MB), freed before the first step; on CUDA none of it is
+  on the device. (The first trial of a search computes them; later ones reuse them.)
 * The batch's augmentation makes a handful of batch-sized fp32 temporaries:
   :data:`AUGMENT_COPIES` of them are counted, whichever operations are on.
 * Evaluation runs at :data:`cerberus.train.EVAL_BATCH` images without autograd: at most
@@ -70,7 +71,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cerberus import size
-from cerberus.config import EVAL_BATCH, NUM_CLASSES, Arch, Config, Recipe
+from cerberus.config import EVAL_BATCH, NUM_CLASSES, STATS_CHUNK, Arch, Config, Recipe
 from cerberus.errors import UserError
 from cerberus.precision import Precision
 
@@ -114,7 +115,7 @@ class Estimate:
     grads: int  # a gradient per parameter, fp32
     optimizer: int  # momentum (sgd, nesterov) 1x the parameters; adam, adamw, adadelta 2x
     data: int  # the training and validation splits copied to the device (0 on the CPU)
-    setup: int  # building the trainer: an fp32 copy of the training split, for its statistics
+    setup: int  # building the trainer: fp32 chunks of the training split, for its statistics (host)
     step: int  # a training step: maps saved for backward, backward's gradients, the augmented batch
     update: int  # the optimizer step's temporaries
     evaluation: int  # evaluating EVAL_BATCH images
@@ -184,7 +185,7 @@ def estimate(config: Config, precision: Precision, train_images: int, val_images
         grads=4 * params,
         optimizer=4 * params * _state_copies(recipe),
         data=0 if cpu else (train_images + val_images) * (IMAGE + LABEL),
-        setup=sum(_resident([(4 * IMAGE * train_images, 1)], cpu)),
+        setup=sum(_resident([(4 * IMAGE * min(STATS_CHUNK, train_images), 2)], cpu)) if cpu else 0,
         step=step_heap + step_mapped,
         update=sum(_resident(update, cpu)),
         evaluation=eval_heap + eval_mapped,

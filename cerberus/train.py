@@ -34,6 +34,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from cerberus import augment
-from cerberus.config import EVAL_BATCH, NUM_CLASSES, Config, Recipe
+from cerberus.config import EVAL_BATCH, NUM_CLASSES, STATS_CHUNK, Config, Recipe
 from cerberus.data import Split
 from cerberus.model import ResNet
 from cerberus.precision import Precision, choose
@@ -134,8 +135,8 @@ class Trainer:
         # Only the training forward is compiled: evaluation (other mode, other batch sizes)
         # would recompile, and it is a small share of a trial.
         self.forward = torch.compile(self.model) if compile else self.model
+        self.mean, self.std = (t.to(device) for t in _stats(train.images))  # the host split's: once per search
         self.train = train.to(device)
-        self.mean, self.std = _stats(self.train.images)
         self.batch = min(self.recipe.batch_size, len(train))
         self.steps_per_epoch = len(train) // self.batch
         self.optimizer = _optimizer(self.model, self.recipe, fused=cuda)
@@ -324,10 +325,30 @@ def evaluate(model: torch.nn.Module, split: Split, mean: torch.Tensor, std: torc
     return correct.item() / len(split)
 
 
+_STATS: dict[int, tuple[weakref.ref, tuple[torch.Tensor, torch.Tensor]]] = {}  # id of a split's images -> its statistics
+
+
 def _stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of a uint8 split, in [0, 1] units, shaped to broadcast."""
-    x = images.float().div_(255)
-    return x.mean((0, 2, 3)).view(1, 3, 1, 1), x.std((0, 2, 3)).view(1, 3, 1, 1)
+    """Per-channel mean and (sample) std of a uint8 split, in [0, 1] units, shaped to broadcast,
+    on the split's device. Summed in float64 over :data:`cerberus.config.STATS_CHUNK` images
+    at a time (two fp32 temporaries of that many images, not a float copy of the whole split),
+    and kept per split, so a search's trials on the same split compute them once."""
+    known = _STATS.get(id(images))
+    if known is not None and known[0]() is images:
+        return known[1]
+    total = torch.zeros(3, dtype=torch.float64, device=images.device)
+    squares = torch.zeros(3, dtype=torch.float64, device=images.device)
+    for i in range(0, len(images), STATS_CHUNK):
+        x = images[i : i + STATS_CHUNK].float().div_(255)
+        total += x.sum((0, 2, 3), dtype=torch.float64)
+        squares += x.square().sum((0, 2, 3), dtype=torch.float64)
+    n = len(images) * images.shape[2] * images.shape[3]
+    mean = total / n
+    std = ((squares - n * mean.square()) / (n - 1)).clamp_min(0).sqrt()
+    stats = (mean.float().view(1, 3, 1, 1), std.float().view(1, 3, 1, 1))
+    _STATS[id(images)] = (weakref.ref(images), stats)
+    weakref.finalize(images, _STATS.pop, id(images), None)  # forgotten with the split
+    return stats
 
 
 def _optimizer(model: torch.nn.Module, r: Recipe, fused: bool = False) -> torch.optim.Optimizer:
