@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import child_env
+from common import SEARCH_SIZES, child_env
 
 
 # One sampled parameter: what is measured is what every trial writes, not the sampler.
@@ -62,14 +62,6 @@ class InstantFit:
         return Result(self.history[-1], len(self.history), 0.0, 0.0, history=list(self.history))
 
 
-class _Sized:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-
 def _worker(url: str, target: int, index: int, errors) -> None:  # type: ignore[no-untyped-def]
     import dataclasses
 
@@ -89,7 +81,7 @@ def _worker(url: str, target: int, index: int, errors) -> None:  # type: ignore[
     try:
         study = studies.create_study("proxy", stores.open_storage(url, create=True, heartbeat=10), seed=index, worker=index)
         with Reporter(target, 0, console=Console(quiet=True)) as reporter:
-            searches.run(study, space, dataclasses.replace(opts), reporter, splits=lambda: (_Sized(45_000), _Sized(5_000)),
+            searches.run(study, space, dataclasses.replace(opts), reporter, splits=lambda: SEARCH_SIZES,
                          trainer=InstantFit)
     except Exception as e:
         errors.put(f"worker {index}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import optuna
 import torch
+from common import SEARCH_SIZES
 from rich.console import Console
 
 from cerberus import space as spaces
@@ -117,17 +118,6 @@ def curve(config: Config, seed: int) -> list[float]:
             for e in range(1, epochs + 1)]
 
 
-class _Sized:  # the memory check reads the splits' lengths only
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-
-SIZES = (_Sized(45_000), _Sized(5_000))
-
-
 class SimulatedFit:
     """:class:`cerberus.train.Fit`'s contract as the search uses it, with the simulated curve
     instead of training (no model: no latency objective, no checkpoint)."""
@@ -189,7 +179,7 @@ def one_study(space: spaces.Space, sampler: str, pruner: optuna.pruners.BasePrun
     while True:
         opts = searches.RunOptions(trials=target, max_params=BUDGET, seed=seed)
         with Reporter(target, 0, console=Console(quiet=True)) as reporter:
-            searches.run(study, space, opts, reporter, splits=lambda: SIZES, trainer=SimulatedFit)
+            searches.run(study, space, opts, reporter, splits=lambda: SEARCH_SIZES, trainer=SimulatedFit)
         trained = [t for t in study.trials if records.is_trained(t)]
         if _cost(trained) >= budget:
             break

@@ -259,9 +259,9 @@ def enqueue(study: optuna.Study, space: Space, config: Config, label: str) -> bo
     params = space.params_for(config)
     for t in study.get_trials(deepcopy=False):
         queued = t.user_attrs.get("enqueued_params")
-        if queued == params or queued is None and t.user_attrs.get("enqueued") == label and not t.params:
-            return False
-        if queued is None and t.user_attrs.get("enqueued") == label and t.params == params:
+        # a trial queued before the parameters were stored: its label, and its params once sampled
+        legacy = queued is None and t.user_attrs.get("enqueued") == label and t.params in ({}, params)
+        if queued == params or legacy:
             return False
     study.enqueue_trial(params, user_attrs={"enqueued": label, "enqueued_params": params})
     return True
