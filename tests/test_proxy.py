@@ -19,8 +19,8 @@ from proxy_throughput import start_proxy  # noqa: E402
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
 
 
-def through_proxy(url: str, workers: int = 8, trials: int = 8) -> dict:
-    """8 worker processes, 64 trained trials in all (the 2-core machine serves ~3 a second
+def through_proxy(url: str, workers: int = 8, trials: int = 5) -> dict:
+    """8 worker processes, 40 trained trials in all (the 2-core machine serves ~3 a second
     through the proxy; benchmarks/RESULTS.md has 200 and the direct figures)."""
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "proxy_throughput.py"), "--storage", url, "--proxy",
                         "--workers", str(workers), "--trials", str(trials)],
