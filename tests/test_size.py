@@ -15,7 +15,7 @@ from cerberus.model import measure
 
 from conftest import ROOT
 
-ORACLE_ARCHS = 300  # ~25 ms each on the meta device; benchmarks/size_oracle.py checks 10,000
+ORACLE_ARCHS = 600  # ~25 ms each on the meta device; benchmarks/size_oracle.py checks 10,000
 
 
 def random_arch(rng: random.Random) -> Arch:
