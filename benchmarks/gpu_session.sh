@@ -44,9 +44,13 @@ run_env() {
     step env 20 "$PY" -c "import sys, torch, optuna, cerberus; print(sys.version.split()[0], torch.__version__, torch.version.cuda, optuna.__version__, cerberus.__version__)"
 }
 
-run_bench() {  # the course net's step against the course project's loop and a plain fp32 loop; MFU
-    step bench 75 "$PY" -m cerberus bench --device "$DEVICE" "${ON_DATA[@]}" --steps 50 --baseline --plain --json
-    step bench 40 "$PY" -m cerberus bench --device "$DEVICE" "${ON_DATA[@]}" --steps 50 --batch-size 512 --json
+run_bench() {  # the course net's step eager and as a CUDA graph, at batch 128 and 512, against both course loops; MFU
+    local on=("$PY" -m cerberus bench --device "$DEVICE" "${ON_DATA[@]}" --steps 50 --json)
+    step bench 90 "${on[@]}" --baseline --plain
+    step bench 30 "${on[@]}" --cuda-graph
+    step bench 30 "${on[@]}" --batch-size 512
+    step bench 30 "${on[@]}" --batch-size 512 --cuda-graph
+    step bench 40 "${on[@]}" --config benchmarks/heavy_step.json --cuda-graph
 }
 
 run_search() {  # a short real search and the share of its wall time outside training steps

@@ -7,7 +7,9 @@ serves a CPU test and a GPU-resident training loop.
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +87,7 @@ def mix(x: torch.Tensor, y: torch.Tensor, mixup_alpha: float, cutmix_alpha: floa
 
 
 def _beta(alpha: float, device: torch.device) -> torch.Tensor:
-    a = torch.tensor(float(alpha), device=device)
+    a = torch.full((), float(alpha), device=device)  # a fill, not a copy from the host: a CUDA graph can hold it
     return torch.distributions.Beta(a, a, validate_args=False).sample()  # validation would read the tensor on the host
 
 
@@ -114,97 +116,149 @@ def trivial_augment(x: torch.Tensor) -> torch.Tensor:
     random sign where the operation has one.
 
     The batch is shuffled and cut into one equal group per operation (sizes differ by at most
-    one), so every operation runs once, on its own images only, with shapes known in advance:
-    no host sync and no loop over images. Each image's operation is still uniform; only the
-    counts per batch are balanced instead of drawn."""
+    one), so each image's operation is uniform while the counts per batch are balanced, not
+    drawn. About 56 operations for the whole batch, whatever its size, with no host sync and
+    shapes known in advance (what a CUDA graph needs): see :func:`_operations`."""
     n = x.shape[0]
-    level = torch.randint(0, TRIVIAL_BINS, (n,), device=x.device).to(x.dtype) / (TRIVIAL_BINS - 1)
-    sign = torch.randint(0, 2, (n,), device=x.device).to(x.dtype) * 2 - 1
-    magnitude = level * sign
+    perm = torch.randperm(n, device=x.device)
+    bins = torch.randint(0, 2 * TRIVIAL_BINS, (n,), device=x.device)
+    k = len(TRIVIAL_OPS)
+    sizes = tuple(n // k + (i < n % k) for i in range(k))
     out = torch.empty_like(x)
-    for name, idx in zip(TRIVIAL_OPS, torch.tensor_split(torch.randperm(n, device=x.device), len(TRIVIAL_OPS))):
-        if len(idx):
-            out[idx] = trivial_op(name, x[idx], magnitude[idx])
+    out[perm] = _operations(x[perm], bins, sizes)
     return out
 
 
-def trivial_op(name: str, x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """Operation ``name`` of :data:`TRIVIAL_OPS` on RGB images in [0, 1], image ``i`` at
-    ``magnitude[i]`` in [-1, 1], a signed fraction of the operation's largest magnitude
-    (posterize and solarize ignore the sign; identity, autocontrast and equalize the whole).
+def trivial_op(name: str, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """Operation ``name`` of :data:`TRIVIAL_OPS` on RGB images in [0, 1], image ``i`` at signed
+    magnitude bin ``level[i]`` in [-30, 30] (the operation's largest magnitude times
+    ``level / 30``; posterize and solarize ignore the sign, identity, autocontrast and equalize
+    the whole): the batched code :func:`trivial_augment` runs, with every image in one group.
     Each matches torchvision's functional op as TrivialAugmentWide calls it: nearest-pixel
     sampling and black fill, shears about the top-left corner, rotations about the centre."""
-    mag = magnitude.to(x.dtype).view(-1, 1, 1, 1)
-    factor = 1 + MAX_ENHANCE * mag
-    if name == "identity":
-        return x
-    if name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate"):
-        return _warp(x, name, magnitude.to(x.dtype))
-    if name == "brightness":
-        return _blend(x, torch.zeros_like(x), factor)
-    if name == "color":
-        return _blend(x, _gray(x), factor)
-    if name == "contrast":
-        return _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), factor)
-    if name == "sharpness":
-        return _blend(x, _smoothed(x), factor)
-    if name == "posterize":
-        levels = 2 ** (8 - torch.round(mag.abs() * (8 - MIN_BITS)))
-        return (x * levels).floor().clamp(max=levels - 1) / levels
-    if name == "solarize":
-        return torch.where(x >= 1 - mag.abs(), 1 - x, x)
-    # torchvision is imported here, not above: importing it costs a second (it loads dynamo),
-    # which every command-line call would pay
-    from torchvision.transforms.v2 import functional as TF
-
-    if name == "autocontrast":
-        return TF.autocontrast(x)
-    if name == "equalize":
-        return TF.equalize(x)
-    raise ValueError(f"unknown operation {name!r}; allowed: {', '.join(TRIVIAL_OPS)}")
+    if name not in TRIVIAL_OPS:
+        raise ValueError(f"unknown operation {name!r}; allowed: {', '.join(TRIVIAL_OPS)}")
+    sizes = tuple(len(x) if op == name else 0 for op in TRIVIAL_OPS)
+    return _operations(x, torch.where(level < 0, level + TRIVIAL_BINS - 1, level + TRIVIAL_BINS), sizes)
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (factor * x + (1 - factor) * other).clamp(0, 1)
+def _magnitude(b: int) -> float:
+    """The signed fraction of bin ``b`` in [0, 2 * TRIVIAL_BINS): -1 .. -0 for the first
+    TRIVIAL_BINS, +0 .. +1 for the rest, so the level and the sign are uniform and independent."""
+    level = b - (TRIVIAL_BINS - 1) if b < TRIVIAL_BINS else b - TRIVIAL_BINS
+    return level / (TRIVIAL_BINS - 1)
 
 
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    return (x * x.new_tensor(_GRAY).view(1, 3, 1, 1)).sum(1, keepdim=True)
+@dataclass(frozen=True)
+class _Tables:
+    """Everything the operations look up, per magnitude bin and per position in the batch,
+    computed once (in float64, as torchvision computes its matrices in Python) for a batch
+    shape: a step then only indexes them."""
+
+    theta: torch.Tensor  # (5, bins, 2, 3): the affine map of each geometric operation at each bin
+    kinds: torch.Tensor  # (geometric images,): which of the five each position gets
+    factor: torch.Tensor  # (bins, 1, 1, 1): 1 + MAX_ENHANCE * magnitude, the blends' factor
+    # per position (blended images, 1, 1, 1), the blend's other image as weights of the smoothed
+    # image, the grayscale one and its mean (all three zero: black, for brightness)
+    weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    levels: torch.Tensor  # (bins, 1, 1, 1): posterize's 2 ** bits
+    threshold: torch.Tensor  # (bins, 1, 1, 1): solarize's
+    gray: torch.Tensor  # (1, 3, 1, 1): RGB-to-grayscale weights
+    smoothing: torch.Tensor  # (3, 1, 3, 3): sharpness's kernel
+    interior: torch.Tensor  # (1, 1, h, w): where the smoothed image replaces the original
 
 
-def _smoothed(x: torch.Tensor) -> torch.Tensor:
-    """torchvision's sharpness reference: a 3x3 smoothing inside, the 1-pixel border as it was."""
-    c = x.shape[1]
-    kernel = x.new_tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]).div(13).expand(c, 1, 3, 3)
-    out = x.clone()
-    out[..., 1:-1, 1:-1] = F.conv2d(x, kernel, groups=c)
-    return out
+@functools.lru_cache(maxsize=16)
+def _tables(sizes: tuple[int, ...], h: int, w: int, device: torch.device, dtype: torch.dtype) -> _Tables:
+    mags = [_magnitude(b) for b in range(2 * TRIVIAL_BINS)]
+    theta = []
+    for m in mags:
+        s, shift, a = MAX_SHEAR * m, math.trunc(MAX_TRANSLATE * m), math.radians(MAX_ROTATE * m)
+        # affine_grid's map from output to input, where the image spans [-1, 1] both ways (the
+        # top-left corner is (-1, -1), a pixel is 2 / w wide): shears about the top-left
+        # corner, x_in = x_out + s * (y_out - top), in these units the y offset scaled by h / w
+        theta.append([[[1, s * h / w, s * h / w], [0, 1, 0]], [[1, 0, 0], [s * w / h, 1, s * w / h]],
+                      [[1, 0, -2 * shift / w], [0, 1, 0]], [[1, 0, 0], [0, 1, -2 * shift / h]],
+                      [[math.cos(a), -math.sin(a) * h / w, 0], [math.sin(a) * w / h, math.cos(a), 0]]])
+    counts = dict(zip(TRIVIAL_OPS, sizes))
+    geometric, blends = TRIVIAL_OPS[1:6], TRIVIAL_OPS[6:10]
+    kinds = [i for i, name in enumerate(geometric) for _ in range(counts[name])]
+    weights = [[float(name == other) for name in blends for _ in range(counts[name])]
+               for other in ("sharpness", "color", "contrast")]
+    bits = [8 - round(abs(m) * (8 - MIN_BITS)) for m in mags]
+    interior = torch.zeros(1, 1, h, w, dtype=torch.bool)
+    interior[..., 1:-1, 1:-1] = True
+
+    def table(values: object, *shape: int) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float64).to(device, dtype).view(*shape)
+
+    return _Tables(
+        theta=table(theta, 2 * TRIVIAL_BINS, 5, 2, 3).transpose(0, 1).contiguous(),
+        kinds=torch.tensor(kinds, dtype=torch.long, device=device),
+        factor=table([1 + MAX_ENHANCE * m for m in mags], -1, 1, 1, 1),
+        weights=tuple(table(w, -1, 1, 1, 1) for w in weights),  # type: ignore[arg-type]
+        levels=table([2.0**b for b in bits], -1, 1, 1, 1),
+        threshold=table([1 - abs(m) for m in mags], -1, 1, 1, 1),
+        gray=table(_GRAY, 1, 3, 1, 1),
+        smoothing=table([[1, 1, 1], [1, 5, 1], [1, 1, 1]], 1, 1, 3, 3).div(13).expand(3, 1, 3, 3).contiguous(),
+        interior=interior.to(device))
 
 
-def _warp(x: torch.Tensor, name: str, magnitude: torch.Tensor) -> torch.Tensor:
-    """A geometric operation, one affine map per image.
+def _operations(x: torch.Tensor, bins: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """The first ``sizes[0]`` images get :data:`TRIVIAL_OPS`'s first operation, the next
+    ``sizes[1]`` the second, and so on, image ``i`` at magnitude bin ``bins[i]`` (see
+    :func:`_magnitude`). One ``affine_grid`` + ``grid_sample`` for all five geometric
+    operations, one blend for brightness, color, contrast and sharpness, one pass each for
+    posterize, solarize, autocontrast and equalize; magnitudes and matrices are looked up."""
+    t = _tables(sizes, x.shape[2], x.shape[3], x.device, x.dtype)
+    groups = (sizes[0], sum(sizes[1:6]), sum(sizes[6:10]), *sizes[10:])
+    parts, levels = list(x.split(groups)), list(bins.split(groups))
+    kernels = (None, _geometric, _blend, _posterize, _solarize, _autocontrast, _equalize)
+    for i, kernel in enumerate(kernels):
+        if kernel is not None and groups[i]:
+            parts[i] = kernel(parts[i], levels[i], t)
+    return torch.cat(parts)
 
-    ``affine_grid`` takes, per image, the map from output to input in coordinates where the
-    image spans [-1, 1] both ways, so the top-left corner is (-1, -1) and a pixel is 2 / W wide.
-    """
-    h, w = x.shape[2:]
-    one, zero = torch.ones_like(magnitude), torch.zeros_like(magnitude)
-    if name == "rotate":
-        angle = torch.deg2rad(MAX_ROTATE * magnitude)
-        cos, sin = angle.cos(), angle.sin()
-        rows = [[cos, -sin * h / w, zero], [sin * w / h, cos, zero]]
-    elif name.startswith("shear"):
-        # x_in = x_out + s * (y_out - top); in these units the y offset scales by h / w
-        s = MAX_SHEAR * magnitude
-        rows = ([[one, s * h / w, s * h / w], [zero, one, zero]] if name == "shear_x"
-                else [[one, zero, zero], [s * w / h, one, s * w / h]])
-    else:
-        shift = torch.trunc(MAX_TRANSLATE * magnitude)  # whole pixels, as torchvision
-        rows = ([[one, zero, -2 * shift / w], [zero, one, zero]] if name == "translate_x"
-                else [[one, zero, zero], [zero, one, -2 * shift / h]])
-    theta = torch.stack([torch.stack(row, 1) for row in rows], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+
+def _geometric(x: torch.Tensor, bins: torch.Tensor, t: _Tables) -> torch.Tensor:
+    grid = F.affine_grid(t.theta[t.kinds, bins], list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def _blend(x: torch.Tensor, bins: torch.Tensor, t: _Tables) -> torch.Tensor:
+    """torchvision's ``factor * x + (1 - factor) * other``, with ``other`` black (brightness),
+    the grayscale image (color), its mean (contrast), or the smoothed image (sharpness)."""
+    gray = (x * t.gray).sum(1, keepdim=True)
+    smoothed = torch.where(t.interior, F.conv2d(x, t.smoothing, padding=1, groups=x.shape[1]), x)
+    other = torch.addcmul(torch.addcmul(smoothed * t.weights[0], gray, t.weights[1]),
+                          gray.mean((1, 2, 3), keepdim=True), t.weights[2])
+    return torch.lerp(other, x, t.factor[bins]).clamp_(0, 1)
+
+
+def _posterize(x: torch.Tensor, bins: torch.Tensor, t: _Tables) -> torch.Tensor:
+    levels = t.levels[bins]
+    return (x * levels).floor_().minimum(levels - 1).div_(levels)
+
+
+def _solarize(x: torch.Tensor, bins: torch.Tensor, t: _Tables) -> torch.Tensor:
+    return torch.where(x >= t.threshold[bins], 1 - x, x)
+
+
+def _autocontrast(x: torch.Tensor, bins: torch.Tensor, t: _Tables) -> torch.Tensor:
+    low, high = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
+    span = high - low
+    return torch.where(span > 0, ((x - low) / span).clamp_(0, 1), x)
+
+
+def _equalize(x: torch.Tensor, bins: torch.Tensor, t: _Tables) -> torch.Tensor:
+    """torchvision's (PIL's) histogram equalization, per image and channel, on the image as
+    uint8 levels: a level's new value counts the pixels below it, which a sort and a
+    ``searchsorted`` give without a histogram. Integers stay exact in float32 (1,024 pixels)."""
+    levels = (x * 255.999).floor_().flatten(2)  # torchvision's float-to-uint8 conversion
+    below = torch.searchsorted(levels.sort(-1).values, levels)
+    step = below.amax(-1, keepdim=True).div(255, rounding_mode="floor")  # pixels under the top level / 255
+    lut = (below + step.div(2, rounding_mode="floor")).div_(step.clamp_min(1), rounding_mode="floor").clamp_max_(255)
+    return torch.where(step > 0, lut, levels).div_(255).view_as(x)
 
 
 def apply(x: torch.Tensor, y: torch.Tensor, aug: Augment, mean: torch.Tensor,

@@ -33,8 +33,15 @@
   same architecture in the loop the course project ran: torchvision transforms per image,
   a DataLoader with 2 workers, fp32, SGD, a host sync per step for the running loss and
   accuracy; same batch size, steps and warm-up, timed the same way. On a GPU its speed is
-  capped by the host CPU, whose two loader workers transform every image. Both baselines run in full fp32 (``plain_precision``, ``baseline_precision``:
-  no TF32, no cudnn autotuning), whatever the trainer switched on.
+  capped by the host CPU, whose two loader workers transform every image. With it,
+  ``device_baseline_images_per_s``, ``device_baseline_ms_per_step`` and
+  ``speedup_vs_device_baseline``: the same course loop fed from batches already on the device
+  (normalised once, no augmentation), so the speed-up no longer measures the host CPU. Every
+  baseline runs in full fp32 (``plain_precision``, ``baseline_precision``,
+  ``device_baseline_precision``: no TF32, no cudnn autotuning), whatever the trainer switched on.
+* ``cuda_graph``: whether a CUDA graph was asked for (``bench --cuda-graph``), ``captured``
+  whether the step was recorded and every timed step replayed it (:mod:`cerberus.graph`); the
+  warm-up then has at least 4 steps (3 eager, 1 recording).
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from torch import nn
 
 from cerberus import augment
 from cerberus import data as datasets
+from cerberus import graph as graphs
 from cerberus.config import COURSE, Arch, Config
 from cerberus.data import Split
 from cerberus.errors import UserError
@@ -89,6 +97,7 @@ class Options:
     precision: str = "auto"
     plain: bool = False
     config: Config | None = None  # the whole configuration to time (its arch and recipe), instead of the course recipe
+    cuda_graph: bool = False  # record the step as a CUDA graph (cerberus.graph); the warm-up then covers the recording
 
     def __post_init__(self) -> None:
         for name, value in (("--steps", self.steps), ("--warmup", self.warmup), ("--batch-size", self.batch_size)):
@@ -116,7 +125,9 @@ def run(arch: Arch, options: Options) -> dict[str, Any]:
     peak_flops, peak_dtype = matmul_peak(o.device, precision.dtype)
     config = o.config or Config(arch, dataclasses.replace(COURSE_RECIPE, batch_size=o.batch_size))
     arch = config.arch
-    fast, ops = _fast(config, train, o, precision)
+    if o.cuda_graph:  # the eager steps and the recording are warm-up: every timed step is a replay
+        o = dataclasses.replace(o, warmup=max(o.warmup, graphs.WARMUP + 1))
+    fast, ops, captured = _fast(config, train, o, precision)
     peak_mem = torch.cuda.max_memory_allocated(o.device) if cuda else _peak_rss()
     release(o.device, compiled=o.compile)
     size = sizes.of(arch)
@@ -127,6 +138,7 @@ def run(arch: Arch, options: Options) -> dict[str, Any]:
                  "skip_kernel": arch.skip_kernel, "pool": arch.pool},
         "depth": arch.depth, "params": size.params, "data": o.data, "batch_size": o.batch_size,
         "steps": o.steps, "warmup": o.warmup, "compile": o.compile, "precision": precision.name,
+        "cuda_graph": o.cuda_graph, "captured": captured,
         "images_per_s": fast.images_per_s, "ms_per_step": fast.ms_per_step, "first_step_s": fast.first_step_s,
         "aten_ops_per_step": ops, "config": config.to_dict(),
         "flops_per_image": size.flops, "train_flops_per_image": TRAIN_FLOPS_PER_FORWARD * size.flops,
@@ -144,8 +156,12 @@ def run(arch: Arch, options: Options) -> dict[str, Any]:
     if o.baseline:
         slow = _baseline(arch, train, o)
         release(o.device)
+        fed = _device_baseline(arch, train, o)
+        release(o.device)
         result.update(baseline_images_per_s=slow.images_per_s, baseline_ms_per_step=slow.ms_per_step,
-                      baseline_precision="fp32", speedup=fast.images_per_s / slow.images_per_s)
+                      baseline_precision="fp32", speedup=fast.images_per_s / slow.images_per_s,
+                      device_baseline_images_per_s=fed.images_per_s, device_baseline_ms_per_step=fed.ms_per_step,
+                      device_baseline_precision="fp32", speedup_vs_device_baseline=fast.images_per_s / fed.images_per_s)
     return result
 
 
@@ -156,7 +172,8 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"ResNet-{r['depth']} blocks {','.join(map(str, a['blocks']))} widths {','.join(map(str, a['widths']))} "
         f"({r['params']:,} params) on {r['device']}, torch {r['torch']}, batch {r['batch_size']}, "
-        f"{r['data']} data, {r['steps']} steps after {r['warmup']} warm-up, {r['precision']}{', compiled' if r['compile'] else ''}",
+        f"{r['data']} data, {r['steps']} steps after {r['warmup']} warm-up, {r['precision']}{', compiled' if r['compile'] else ''}"
+        f"{(', CUDA graph' if r['captured'] else ', CUDA graph asked, not recorded: eager') if r['cuda_graph'] else ''}",
         f"  speed:   {r['images_per_s']:,.1f} images/s, {r['ms_per_step']:,.2f} ms/step (first warm-up step {r['first_step_s']:.2f} s), "
         f"{r['aten_ops_per_step']:,} aten operations per step",
         f"  FLOPs:   {r['flops_per_image'] / 1e6:,.1f} MFLOPs/image forward; training counted as "
@@ -172,6 +189,9 @@ def report(r: dict[str, Any]) -> str:
         lines.append(f"  baseline (course project loop: per-image torchvision transforms, DataLoader 2 workers, fp32): "
                      f"{r['baseline_images_per_s']:,.1f} images/s, {r['baseline_ms_per_step']:,.2f} ms/step; "
                      f"speedup {r['speedup']:.2f}x")
+        lines.append(f"  the same course loop fed from batches on the device (no augmentation, fp32): "
+                     f"{r['device_baseline_images_per_s']:,.1f} images/s, {r['device_baseline_ms_per_step']:,.2f} ms/step; "
+                     f"speedup {r['speedup_vs_device_baseline']:.2f}x")
     return "\n".join(lines)
 
 
@@ -218,16 +238,18 @@ def time_steps(step: Callable[[], object], steps: int, warmup: int, batch: int, 
     return Speed(steps * batch / seconds, 1000 * seconds / steps, first)
 
 
-def _fast(config: Config, train: Split, o: Options, precision: Precision) -> tuple[Speed, int]:
-    """The timed steps, then the aten operations of one more step."""
+def _fast(config: Config, train: Split, o: Options, precision: Precision) -> tuple[Speed, int, bool]:
+    """The timed steps, the aten operations of one more step (a replayed graph's are the few
+    outside it: the copy of the indices, the optimizer, the schedule), and whether the step
+    ran as a CUDA graph."""
     from cerberus import opcount
 
     trainer = Trainer(config, train, o.device, total_steps=o.warmup + o.steps + 1, compile=o.compile,
-                      precision=precision)
+                      precision=precision, cuda_graph=o.cuda_graph)
     trainer.model.train()
     batches = _forever(trainer.batches)
     speed = time_steps(lambda: trainer.step(next(batches)), o.steps, o.warmup, config.recipe.batch_size, o.device)
-    return speed, opcount.count(lambda: trainer.step(next(batches)))
+    return speed, opcount.count(lambda: trainer.step(next(batches))), trainer.run.captured
 
 
 class PerImage(torch.utils.data.Dataset):
@@ -288,20 +310,48 @@ def _plain(arch: Arch, train: Split, o: Options) -> Speed:
 
 
 def _baseline(arch: Arch, train: Split, o: Options) -> Speed:
+    """The course loop as the course ran it: per-image transforms in a 2-worker DataLoader."""
     from torchvision import transforms as T
 
-    r, aug = COURSE_RECIPE, COURSE_RECIPE.augment
+    aug = COURSE_RECIPE.augment
     transform = T.Compose([
         T.RandomCrop(32, padding=aug.crop_padding), T.RandomHorizontalFlip(), T.RandomRotation(aug.rotation),
         T.ToTensor(), T.Normalize(COURSE_MEAN, COURSE_STD), Cutout(aug.cutout_holes, aug.cutout_length),
     ])
     loader = torch.utils.data.DataLoader(PerImage(train, transform), batch_size=o.batch_size, shuffle=True,
                                          num_workers=2, drop_last=True)
+    batches = _forever(lambda: iter(loader))
+    try:
+        return _course_loop(arch, o, batches)
+    finally:
+        batches.close()  # drops the DataLoader iterator, which stops its workers
+
+
+def _device_baseline(arch: Arch, train: Split, o: Options) -> Speed:
+    """The same course loop fed from batches already on the device (normalised once, shuffled
+    each epoch, no augmentation): what it does once the host CPU no longer feeds it."""
+    mean = torch.tensor(COURSE_MEAN, device=o.device).view(1, 3, 1, 1)
+    std = torch.tensor(COURSE_STD, device=o.device).view(1, 3, 1, 1)
+    images = (train.images.to(o.device).float().div_(255) - mean) / std
+    labels = train.labels.to(o.device)
+
+    def epoch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(labels), device=o.device)
+        for s in range(len(labels) // o.batch_size):
+            idx = order[s * o.batch_size : (s + 1) * o.batch_size]
+            yield images[idx], labels[idx]
+
+    return _course_loop(arch, o, _forever(epoch))
+
+
+def _course_loop(arch: Arch, o: Options, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Speed:
+    """The course project's step: SGD, zero_grad, forward, loss, backward, step, and its running
+    loss and accuracy read on the host every step; in full fp32."""
+    r = COURSE_RECIPE
     model = ResNet(arch).to(o.device)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
     criterion = nn.CrossEntropyLoss()
-    batches = _forever(lambda: iter(loader))
     running = {"loss": 0.0, "correct": 0}
 
     def step() -> None:
@@ -315,11 +365,8 @@ def _baseline(arch: Arch, train: Split, o: Options) -> Speed:
         running["loss"] += loss.item()  # the course loop's running figures: a host sync per step
         running["correct"] += outputs.argmax(1).eq(targets).sum().item()
 
-    try:
-        with _plain_fp32():
-            return time_steps(step, o.steps, o.warmup, o.batch_size, o.device)
-    finally:
-        batches.close()  # drops the DataLoader iterator, which stops its workers
+    with _plain_fp32():
+        return time_steps(step, o.steps, o.warmup, o.batch_size, o.device)
 
 
 def _forever(epoch: Callable[[], Iterator[Any]]) -> Iterator[Any]:

@@ -45,6 +45,14 @@ def _precision(value: str) -> str:
     return value
 
 
+def _graphable(cuda_graph: bool, devices: list) -> None:
+    """``--cuda-graph`` asks for CUDA: on any other device it is refused rather than ignored."""
+    other = sorted({str(d) for d in devices if d.type != "cuda"})
+    if cuda_graph and other:
+        raise UserError(f"--cuda-graph records the step on a CUDA device, and this run trains on {', '.join(other)}; "
+                        "leave it out, or give --device cuda")
+
+
 # Commands that import neither torch nor optuna, so that they answer in a fraction of a second.
 LIGHT_COMMANDS = ("count",)
 # Where a CUDA (or ROCm) driver shows itself; without one, `auto` is the CPU without asking torch.
@@ -104,6 +112,7 @@ def run(
     heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats; silent for 3x that, it is retried.")] = 10,
     checkpoint_every: Annotated[float, typer.Option(help="A running trial saves its state at an epoch's end once this many seconds have passed since its last save (0: every epoch); a killed trial resumes from there.")] = 60.0,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each trial's training step (pays off only for long trials; see benchmarks/RESULTS.md).")] = False,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="Record each trial's training step as a CUDA graph after 3 eager steps, replayed from then on (CUDA only; a step that cannot be recorded runs eagerly, with a note).")] = False,
     precision: Precision = "auto",
     objectives: Annotated[Optional[str], typer.Option(help="accuracy, or a Pareto front of accuracy,params or accuracy,latency (no pruning then). Default: the study's, else accuracy.", show_default=False)] = None,
     enqueue_seed: Annotated[Optional[bool], typer.Option("--enqueue-seed/--no-enqueue-seed", help="Train the course project's configuration as the first trial (default: on for the default and cpu spaces).", show_default=False)] = None,
@@ -130,6 +139,7 @@ def run(
     _precision(precision)
     asked = _request(space, max_params, epochs, data, objectives)
     devices = _worker_devices(device, gpus, workers)
+    _graphable(cuda_graph, [resolve_device(d) for d in devices])
     stores.sqlite_path(storage)  # the URL's syntax: cheap, so before the slower checks
     definition = _definition(study, storage, asked)
     search_space = definition.load_space()
@@ -150,7 +160,8 @@ def run(
                                str(data_dir) if data_dir else None, seed, timeout, max_failures,
                                stores.artifact_dir(storage, study), compile, definition.objectives,
                                stores.grace_period(heartbeat), precision,
-                               pulse=heartbeat if stores.is_proxy(storage) else None, checkpoint_every=checkpoint_every)
+                               pulse=heartbeat if stores.is_proxy(storage) else None, checkpoint_every=checkpoint_every,
+                               cuda_graph=cuda_graph)
     if len(devices) > 1:
         jobs = [pool.for_device(pool.Job(study, storage, heartbeat, opts, i), str(resolve_device(d)))
                 for i, d in enumerate(devices)]
@@ -610,6 +621,7 @@ def bench(
     plain: Annotated[bool, typer.Option("--plain", help="Also time a plain fp32 NCHW PyTorch loop (one batch, no augmentation) and print the ratio.")] = False,
     baseline: Annotated[bool, typer.Option("--baseline", help="Also time the course project's loop (per-image transforms, DataLoader) and print the ratio.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="Run the training forward through torch.compile.")] = False,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="Record the step as a CUDA graph after 3 eager steps (CUDA only): the warm-up then has at least 4 steps, so every timed step is a replay.")] = False,
     precision: Precision = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -626,7 +638,8 @@ def bench(
         arch, batch_size = timed.arch, batch_size or timed.recipe.batch_size
         timed = dataclasses.replace(timed, recipe=dataclasses.replace(timed.recipe, batch_size=batch_size))
     options = benches.Options(batch_size or 128, steps, warmup, resolve_device(device), data, data_dir, baseline, compile,
-                              _precision(precision), plain, timed)
+                              _precision(precision), plain, timed, cuda_graph)
+    _graphable(cuda_graph, [options.device])
     loops = [name for name, on in (("the plain loop", plain), ("the course loop", baseline)) if on]
     typer.echo(f"bench: ResNet-{arch.depth} on {options.device}, {warmup} warm-up + {steps} timed steps"
                f"{' and the same for ' + ' and '.join(loops) if loops else ''}", err=True)

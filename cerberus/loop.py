@@ -83,7 +83,7 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 MAX_REJECTIONS_IN_A_ROW = 1000  # a feasible space that the sampler still cannot hit
 # What a finished trial records about how it ended; a retry, which inherits them, clears them.
 OUTCOME_ATTRS = ("reason", "error", "epochs", "train_seconds", "step_seconds", "first_step_seconds", "images_per_s", "resumed_epochs",
-                 "epoch_seconds", "val_history", "latency_ms", "latency_batch", "memory_available_bytes")
+                 "cuda_graph", "epoch_seconds", "val_history", "latency_ms", "latency_batch", "memory_available_bytes")
 Splits = Callable[[], tuple[Split, Split]]
 
 
@@ -109,6 +109,7 @@ class RunOptions:
     pulse: float | None = None  # seconds between this search's own heartbeats, where the storage keeps none
     checkpoint_every: float = 60.0  # seconds between a trial's checkpoints at the least (0: every epoch)
     gpu: int | None = None  # the physical GPU (as --gpus and nvidia-smi number it), recorded with each trial
+    cuda_graph: bool = False  # record each trial's step as a CUDA graph (cerberus.graph); eager where it cannot be
 
     def __post_init__(self) -> None:  # a torch.device or a Path is accepted, a string is kept
         object.__setattr__(self, "device", str(self.device))
@@ -248,7 +249,7 @@ class Search:
         self.reporter.training(trial.number, progress)
         epochs, pruned = config.recipe.epochs, False
         with self.trainer(config, train, val, self.device, seed=seed, compile=self.opts.compile,
-                          precision=self.precision, progress=progress) as fit:
+                          precision=self.precision, progress=progress, cuda_graph=self.opts.cuda_graph) as fit:
             state = checkpoints.load(checkpoint, self.device)
             if state is not None:
                 fit.restore(state)
@@ -286,6 +287,8 @@ class Search:
                  "epoch_seconds": r.epoch_seconds, "gpu": self.opts.gpu}
         if r.resumed_epochs:
             attrs["resumed_epochs"] = r.resumed_epochs
+        if self.opts.cuda_graph:
+            attrs["cuda_graph"] = r.captured  # asked for; whether the step was recorded
         if self.multi:
             attrs["val_history"] = r.history
         if outcome.latency_ms is not None:

@@ -54,10 +54,12 @@ class Precision:
         """Bytes of one saved map or activation gradient."""
         return 2 if self.name == "bf16" else 4
 
-    def autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
+        """``cache=False`` casts a weight at each use instead of once per context: what a CUDA
+        graph needs, and no loss in a training forward, which uses each weight once."""
         import torch
 
-        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.name == "bf16")
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.name == "bf16", cache_enabled=cache)
 
 
 @functools.cache  # a CPU's flags do not change while a process runs; every trial asks

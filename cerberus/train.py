@@ -23,7 +23,10 @@ uint8); batches are sliced, normalised and augmented there in a few batched oper
 step computes in ``precision`` (:mod:`cerberus.precision`; by default bf16 autocast with
 channels-last memory on CUDA and on a CPU with native bf16, fp32 elsewhere); CUDA adds cudnn
 autotuning and fused optimizers. The loss is summed on the device and read once per epoch, so
-the epoch has no host sync. ``compile=True`` runs the training forward through ``torch.compile``.
+the epoch has no host sync. ``compile=True`` runs the training forward through ``torch.compile``;
+``cuda_graph=True`` records the step's augmentation, forward, backward and clipping as a CUDA
+graph after three eager steps and replays it (:mod:`cerberus.graph`; the optimizer and the
+schedule run outside it, so the learning rate can change every step).
 
 Nothing of a fit outlives its ``with`` block: the model, optimizer and device splits are
 unreachable after it, and it collects them (and empties the CUDA cache) on the way out.
@@ -43,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from cerberus import augment
+from cerberus import graph as graphs
 from cerberus.config import EVAL_BATCH, NUM_CLASSES, STATS_CHUNK, Config, Recipe
 from cerberus.data import Split
 from cerberus.model import ResNet
@@ -71,6 +75,7 @@ class Result:
     diverged: bool = False  # the loss became NaN or infinite
     resumed_epochs: int = 0  # epochs restored from a checkpoint rather than trained here
     first_step_seconds: float = 0.0  # the first step this fit ran (autotuning, compilation): not in step_seconds
+    captured: bool = False  # its steps replayed a CUDA graph (cuda_graph=True on CUDA, recorded without error)
 
 
 @dataclass
@@ -124,8 +129,8 @@ class Trainer:
     caller decides on. The schedule spans ``total_steps`` steps (default: the recipe's epochs).
     """
 
-    def __init__(self, config: Config, train: Split, device: torch.device,
-                 total_steps: int | None = None, compile: bool = False, precision: Precision | None = None) -> None:
+    def __init__(self, config: Config, train: Split, device: torch.device, total_steps: int | None = None,
+                 compile: bool = False, precision: Precision | None = None, cuda_graph: bool = False) -> None:
         cuda = device.type == "cuda"
         if cuda:
             torch.backends.cudnn.benchmark = True
@@ -143,6 +148,8 @@ class Trainer:
         total = self.steps_per_epoch * self.recipe.epochs if total_steps is None else total_steps
         self.scheduler = _scheduler(self.optimizer, self.recipe, total)
         self.eye = torch.eye(NUM_CLASSES, device=device)
+        self.clip = Clip(list(self.model.parameters()), self.recipe.agc_clip) if self.recipe.optimizer == "adadelta_agc" else NoClip()
+        self.run = graphs.wrap(self._compute, device, cuda_graph)
 
     def batches(self) -> Iterator[torch.Tensor]:
         order = torch.randperm(len(self.train), device=self.train.labels.device)
@@ -150,18 +157,23 @@ class Trainer:
             yield order[s * self.batch : (s + 1) * self.batch]
 
     def step(self, idx: torch.Tensor) -> torch.Tensor:
+        loss = self.run(idx)  # as it is, or replayed as a CUDA graph (cuda_graph=True on CUDA)
+        self.optimizer.step()  # outside the graph: the schedule changes its learning rate every step
+        self.scheduler.step()
+        return loss
+
+    def _compute(self, idx: torch.Tensor) -> torch.Tensor:
+        """Augmentation, forward, backward and clipping of one batch: the part of a step with
+        fixed shapes and no host read, which a CUDA graph records (:mod:`cerberus.graph`)."""
         recipe, train = self.recipe, self.train
         x, y = augment.apply(train.images[idx].float() / 255, self.eye[train.labels[idx]], recipe.augment,
                              self.mean, self.std)
-        with self.precision.autocast():
+        with self.precision.autocast(cache=False):  # a graph cannot hold autocast's cache of casts
             logits = self.forward(x.contiguous(memory_format=self.precision.memory_format))
             loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if recipe.optimizer == "adadelta_agc":
-            _clip_unitwise(self.model, recipe.agc_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+        self.clip()
         return loss.detach()
 
     def evaluate(self, split: Split) -> float:
@@ -174,11 +186,12 @@ class Fit:
 
     def __init__(self, config: Config, train: Split, val: Split | None, device: torch.device,
                  seed: int | None = None, compile: bool = False, precision: Precision | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, cuda_graph: bool = False) -> None:
         if seed is not None:
             torch.manual_seed(seed)
         self.config, self.device, self.compiled = config, device, compile
-        self.trainer = Trainer(config, train, device, compile=compile, precision=precision or choose(device))
+        self.trainer = Trainer(config, train, device, compile=compile, precision=precision or choose(device),
+                               cuda_graph=cuda_graph)
         self.val = None if val is None else val.to(device)
         self.started = time.perf_counter()  # train_seconds counts from here: set-up excluded
         self.progress = Progress() if progress is None else progress
@@ -266,7 +279,8 @@ class Fit:
             train_seconds=time.perf_counter() - self.started,
             images_per_s=images / self.step_seconds if self.step_seconds else 0.0,
             step_seconds=self.step_seconds, history=list(self.history), epoch_seconds=list(self.clock),
-            diverged=self.diverged, resumed_epochs=self.resumed_epochs, first_step_seconds=self.first_step_seconds or 0.0)
+            diverged=self.diverged, resumed_epochs=self.resumed_epochs, first_step_seconds=self.first_step_seconds or 0.0,
+            captured=self.trainer.run.captured)
 
 
 def fit(config: Config, train: Split, val: Split | None, device: torch.device, seed: int | None = None,
@@ -353,9 +367,11 @@ def _stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _optimizer(model: torch.nn.Module, r: Recipe, fused: bool = False) -> torch.optim.Optimizer:
     """The recipe's optimizer; ``fused`` (set on CUDA) picks the fused kernels where torch has
-    them (SGD, Adam, AdamW) and the multi-tensor ones elsewhere (Adadelta)."""
+    them (SGD, Adam, AdamW), and the multi-tensor (foreach) ones everywhere else: a few
+    operations for all parameters instead of a dozen per tensor (Adadelta's loop was 1,000 a
+    step for ResNet-24)."""
     params = model.parameters()
-    kernels = dict(fused=True) if fused else {}
+    kernels = dict(fused=True) if fused else dict(foreach=True)
     if r.optimizer in ("sgd", "nesterov"):
         return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay,
                                nesterov=r.optimizer == "nesterov" and r.momentum > 0, **kernels)
@@ -364,7 +380,7 @@ def _optimizer(model: torch.nn.Module, r: Recipe, fused: bool = False) -> torch.
     if r.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, **kernels)
     # adadelta, adadelta_agc: torch has no fused Adadelta
-    return torch.optim.Adadelta(params, lr=r.lr, weight_decay=r.weight_decay, foreach=True if fused else None)
+    return torch.optim.Adadelta(params, lr=r.lr, weight_decay=r.weight_decay, foreach=True)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, r: Recipe, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -384,26 +400,47 @@ def _scheduler(optimizer: torch.optim.Optimizer, r: Recipe, total_steps: int) ->
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: min(1.0, (t + 1) / warm) if t < warm else decay(t))
 
 
-@torch.no_grad()
-def _clip_unitwise(model: torch.nn.Module, clip: float, eps: float = 1e-3) -> None:
-    """Adaptive gradient clipping (Brock et al., 2021): per output unit, keep ||g|| <= clip * ||w||.
+class Clip:
+    """Adaptive gradient clipping (Brock et al., 2021): per output unit (a row of a weight, an
+    element of a 1-d parameter), scale the gradient by ``min(1, clip * max(||w||, eps) /
+    max(||g||, 1e-6))``.
 
-    Grouped by shape, so each group of weights is one batched norm and one scale (a dozen
-    operations for the whole net) instead of a few per tensor."""
-    groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
-    for p in model.parameters():
-        if p.grad is not None:
-            groups.setdefault(tuple(p.shape), []).append(p)
-    for params in groups.values():
-        w, g = torch.stack([p.detach() for p in params]), torch.stack([p.grad for p in params])
-        w_norm, g_norm = _unit_norm(w).clamp_min(eps), _unit_norm(g)
-        scale = torch.where(g_norm > clip * w_norm, clip * w_norm / g_norm.clamp_min(1e-6), 1.0)
-        torch._foreach_mul_([p.grad for p in params], list(scale.unbind(0)))
+    A handful of operations for the whole net, whatever its depth: parameters whose rows have
+    the same shape are concatenated (weights and grads together) into one tensor per row shape
+    (8 in ResNet-24), each gives its unit norms in one reduction, the scales are computed once
+    for all units, and one ``_foreach_copy_`` writes every clipped grad back. Every parameter
+    must have a grad when it is called (a ResNet uses all of them).
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], clip: float, eps: float = 1e-3) -> None:
+        groups: dict[tuple[int, ...], list[torch.nn.Parameter]] = {}
+        for p in params:
+            groups.setdefault(tuple(p.shape[1:]), []).append(p)
+        self.groups = list(groups.values())
+        self.params = [p for group in self.groups for p in group]
+        self.units = [sum(p.shape[0] for p in group) for group in self.groups]
+        device = self.params[0].device
+        # the norms of all groups stand in one vector as [w of group 1, g of group 1, w of group 2, ...]
+        starts = [2 * sum(self.units[:i]) for i in range(len(self.units))]
+        self.w_at = torch.tensor([s + k for s, u in zip(starts, self.units) for k in range(u)], device=device)
+        self.g_at = torch.tensor([s + u + k for s, u in zip(starts, self.units) for k in range(u)], device=device)
+        self.clip, self.eps = clip, eps
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        both = [torch.cat([*group, *(p.grad for p in group)]) for group in self.groups]
+        norms = torch.cat([t.abs() if t.ndim == 1 else torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim)))
+                           for t in both])
+        scale = (self.clip * norms[self.w_at].clamp_min(self.eps) / norms[self.g_at].clamp_min(1e-6)).clamp_max(1)
+        clipped: list[torch.Tensor] = []
+        for t, s, units, group in zip(both, scale.split(self.units), self.units, self.groups):
+            grads = t[units:] * (s if t.ndim == 1 else s.view(units, *(1,) * (t.ndim - 1)))
+            clipped += grads.split([p.shape[0] for p in group])
+        torch._foreach_copy_([p.grad for p in self.params], clipped)
 
 
-def _unit_norm(t: torch.Tensor) -> torch.Tensor:
-    """Norm per output unit of a stack of same-shaped tensors (dim 0 indexes the tensors, dim 1
-    the rows of a weight); a stack of 1-d tensors (biases, BatchNorm) is one unit per element."""
-    if t.ndim <= 2:
-        return t.abs()
-    return torch.linalg.vector_norm(t, dim=tuple(range(2, t.ndim)), keepdim=True)
+class NoClip:
+    """The null object of :class:`Clip`: every recipe but ``adadelta_agc``."""
+
+    def __call__(self) -> None:
+        pass

@@ -52,13 +52,13 @@ def test_each_operation_equals_torchvisions_at_every_magnitude(name):
     for level in range(0, augment.TRIVIAL_BINS, 3):  # 0, 3, ..., 30: both ends and between
         for sign in (1, -1):
             m = sign * level / (augment.TRIVIAL_BINS - 1)
-            mine = augment.trivial_op(name, x, torch.full((4,), m))
+            mine = augment.trivial_op(name, x, torch.full((4,), sign * level))
             torch.testing.assert_close(mine, torchvision_op(x, name, m), atol=1e-6, rtol=0, msg=f"{name} at {m}")
 
 
 def test_each_image_keeps_its_own_magnitude():
     x = images(2)
-    mine = augment.trivial_op("rotate", x, torch.tensor([0.5, -0.2]))
+    mine = augment.trivial_op("rotate", x, torch.tensor([15, -6]))  # magnitudes 0.5 and -0.2
     torch.testing.assert_close(mine[1:], torchvision_op(x[1:], "rotate", -0.2))
 
 
@@ -117,3 +117,34 @@ def test_a_training_step_runs_with_trivial_augment():
     config = Config(Arch((1,), (8,)), Recipe(batch_size=32, augment=Augment(crop_padding=4, flip=True, trivial_augment=True)))
     trainer = Trainer(config, train, torch.device("cpu"))
     assert all(torch.isfinite(trainer.step(idx)) for idx in trainer.batches())
+
+
+def test_a_mixed_batch_gives_each_image_its_own_operation_as_torchvision_does():
+    """The batched pass with every operation present at once: image i, in the group of
+    operation k at bin b, equals torchvision's operation k at b's magnitude."""
+    torch.manual_seed(3)
+    n = 2 * len(augment.TRIVIAL_OPS) + 5
+    x, bins = images(n), torch.randint(0, 2 * augment.TRIVIAL_BINS, (n,))
+    sizes = tuple(n // 14 + (i < n % 14) for i in range(14))
+    out = augment._operations(x, bins, sizes)
+    names = [name for name, size in zip(augment.TRIVIAL_OPS, sizes) for _ in range(size)]
+    for i, (name, b) in enumerate(zip(names, bins.tolist())):
+        expected = torchvision_op(x[i : i + 1], name, augment._magnitude(b))
+        torch.testing.assert_close(out[i : i + 1], expected, atol=1e-6, rtol=0, msg=f"image {i}: {name} at bin {b}")
+
+
+def test_the_two_halves_of_the_bins_are_the_two_signs_of_each_level():
+    mags = [augment._magnitude(b) for b in range(2 * augment.TRIVIAL_BINS)]
+    assert sorted(abs(m) for m in mags) == sorted(2 * [level / 30 for level in range(31)])
+    assert mags[:31] == [-level / 30 for level in range(30, -1, -1)] and mags[31:] == [level / 30 for level in range(31)]
+
+
+def test_trivial_augment_is_a_fixed_few_operations_per_batch():
+    """266 operations a batch when each operation ran on its own group (a GPU kernel each);
+    one warp, one blend and one pass per other kind now, whatever the batch size."""
+    from cerberus import opcount
+
+    for n in (128, 512):
+        x = images(n)
+        augment.trivial_augment(x)  # the tables are built once per batch shape
+        assert opcount.count(lambda: augment.trivial_augment(x)) <= 60

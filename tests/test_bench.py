@@ -26,17 +26,22 @@ def test_baseline_runs_the_course_loop_and_reports_the_ratio(tmp_path, capsys):
                    "--steps", "3", "--baseline") == 0
     out = capsys.readouterr().out
     assert "baseline (course project loop" in out and "speedup" in out
+    assert "the same course loop fed from batches on the device (no augmentation, fp32)" in out
     j = cli("bench", "--device", "cpu", "--blocks", "1,1", "--channels", "8,16", "--batch-size", "16",
             "--steps", "3", "--baseline", "--json", cwd=tmp_path)
     out = json.loads(j.stdout)
     assert out["baseline_images_per_s"] > 0
     assert abs(out["speedup"] - out["images_per_s"] / out["baseline_images_per_s"]) < 1e-9
+    assert out["device_baseline_images_per_s"] > 0 and out["baseline_precision"] == out["device_baseline_precision"] == "fp32"
+    assert abs(out["speedup_vs_device_baseline"] - out["images_per_s"] / out["device_baseline_images_per_s"]) < 1e-9
+    assert out["cuda_graph"] is False and out["captured"] is False
 
 
 def test_bad_bench_input_is_one_line_and_exit_2(capsys):
     for args, words in ((["--blocks", "3,5", "--channels", "64"], "--blocks has 2 stages"),
                         (["--steps", "0"], "--steps must be at least 1"),
-                        (["--data", "mnist"], "allowed: cifar10, synthetic")):
+                        (["--data", "mnist"], "allowed: cifar10, synthetic"),
+                        (["--cuda-graph"], "--cuda-graph records the step on a CUDA device, and this run trains on cpu")):
         assert words in refusal(capsys, "bench", "--device", "cpu", *args)
 
 

@@ -152,6 +152,7 @@ def test_a_budget_no_architecture_meets_ends_at_once(workdir):
     (("run", "--data", "imagenet"), "--data 'imagenet' is not a dataset; allowed: cifar10, synthetic"),
     (("run", "--device", "tpu"), "--device 'tpu' is not a device; allowed: auto, cpu, cuda, cuda:N"),
     (("run", "--storage", "nonsense"), "--storage 'nonsense' is not a database URL"),
+    (("run", "--device", "cpu", "--cuda-graph"), "--cuda-graph records the step on a CUDA device, and this run trains on cpu"),
     (("best", "--study", "nope"), "no study storage at studies/cerberus.db"),
     (("count", "--blocks", "3,,3", "--channels", "64,128,256"), "--blocks '3,,3' must be comma-separated positive integers"),
     (("count", "--blocks", "3,5", "--channels", "64,128,256"), "--blocks has 2 stages but --channels has 3"),

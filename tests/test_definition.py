@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import cli, refusal, run_cli
+from conftest import ROOT, cli, refusal, run_cli
 
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
 
@@ -17,12 +17,21 @@ def load(folder, name="cerberus"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'studies' / 'cerberus.db'}")
 
 
-@pytest.fixture
-def made(workdir):
-    """A smoke study of one trained trial at --epochs 1 and a 200,000 budget, in workdir."""
-    r = cli("run", *SMOKE, "--trials", "1", "--epochs", "1", "--max-params", "200000", cwd=workdir)
+@pytest.fixture(scope="module")
+def made_once(tmp_path_factory):
+    """A smoke study of one trained trial at --epochs 1 and a 200,000 budget, made once."""
+    folder = tmp_path_factory.mktemp("made")
+    shutil.copytree(ROOT / "search", folder / "search")
+    r = cli("run", *SMOKE, "--trials", "1", "--epochs", "1", "--max-params", "200000", cwd=folder)
     assert r.returncode == 0, r.stderr
-    return workdir
+    return folder
+
+
+@pytest.fixture
+def made(made_once, tmp_path):
+    """A folder of its own holding that study (a copy: a test may change it)."""
+    shutil.copytree(made_once, tmp_path / "made")
+    return tmp_path / "made"
 
 
 def test_a_new_study_stores_what_defines_it(made):
