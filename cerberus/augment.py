@@ -70,20 +70,23 @@ def cutout(x: torch.Tensor, holes: int, length: int) -> torch.Tensor:
 def mix(x: torch.Tensor, y: torch.Tensor, mixup_alpha: float, cutmix_alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup or cutmix (one per batch, equal chance when both are on) on images and soft labels.
 
-    Every draw (which of the two, the mixing weight, the box) is made on the batch's device and
-    the box is a mask, not a slice: the step never waits for the device to hand a number to
-    Python, and its shapes never change (what a CUDA graph needs). With both on, both are
-    computed and one is kept."""
-    n, _, h, w = x.shape
-    perm = torch.randperm(n, device=x.device)
-    mixed = _cutmix(x, perm, cutmix_alpha) if cutmix_alpha > 0 else None
-    blended = _mixup(x, perm, mixup_alpha) if mixup_alpha > 0 else None
-    if mixed is None or blended is None:
-        out, lam = mixed or blended  # type: ignore[misc]
+    Both are one ``lerp`` towards the shuffled batch: by ``1 - lam`` everywhere (mixup) or by 1
+    inside a box and 0 outside (cutmix), and the labels by the share each image kept. Every
+    draw (which of the two, the weight, the box) is made on the batch's device and the box is a
+    mask, not a slice: the step never waits for the device to hand a number to Python, and its
+    shapes never change (what a CUDA graph needs)."""
+    h, w = x.shape[2:]
+    perm = torch.randperm(x.shape[0], device=x.device)
+    if cutmix_alpha > 0:
+        box, kept_cut = _box(h, w, cutmix_alpha, x.device)
+    if mixup_alpha > 0:
+        kept_mix = _beta(mixup_alpha, x.device)
+    if cutmix_alpha > 0 and mixup_alpha > 0:
+        cut = torch.rand((), device=x.device) < 0.5
+        weight, kept = torch.where(cut, box, 1 - kept_mix), torch.where(cut, kept_cut, kept_mix)
     else:
-        pick = torch.rand((), device=x.device) < 0.5
-        out, lam = torch.where(pick, mixed[0], blended[0]), torch.where(pick, mixed[1], blended[1])
-    return out, lam * y + (1 - lam) * y[perm]
+        weight, kept = (box, kept_cut) if cutmix_alpha > 0 else (1 - kept_mix, kept_mix)
+    return torch.lerp(x, x[perm], weight), torch.lerp(y[perm], y, kept)
 
 
 def _beta(alpha: float, device: torch.device) -> torch.Tensor:
@@ -91,23 +94,17 @@ def _beta(alpha: float, device: torch.device) -> torch.Tensor:
     return torch.distributions.Beta(a, a, validate_args=False).sample()  # validation would read the tensor on the host
 
 
-def _mixup(x: torch.Tensor, perm: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    lam = _beta(alpha, x.device)
-    return lam * x + (1 - lam) * x[perm], lam
-
-
-def _cutmix(x: torch.Tensor, perm: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """A box of area 1 - lam (lam ~ Beta(alpha, alpha)) pasted from the shuffled batch; the
-    labels mix by the box's actual area."""
-    h, w = x.shape[2:]
-    side = (1 - _beta(alpha, x.device)).sqrt()
+def _box(h: int, w: int, alpha: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cutmix's box as an (h, w) mask of ones, of area about 1 - lam (lam ~ Beta(alpha, alpha))
+    and anywhere it fits, and the share of the image outside it (what the labels mix by)."""
+    side = (1 - _beta(alpha, device)).sqrt()
     ch, cw = (h * side).floor(), (w * side).floor()
-    top = (torch.rand((), device=x.device) * (h - ch + 1)).floor()
-    left = (torch.rand((), device=x.device) * (w - cw + 1)).floor()
-    rows = torch.arange(h, device=x.device).view(h, 1)
-    cols = torch.arange(w, device=x.device).view(1, w)
+    top = (torch.rand((), device=device) * (h - ch + 1)).floor()
+    left = (torch.rand((), device=device) * (w - cw + 1)).floor()
+    rows = torch.arange(h, device=device).view(h, 1)
+    cols = torch.arange(w, device=device).view(1, w)
     box = (rows >= top) & (rows < top + ch) & (cols >= left) & (cols < left + cw)
-    return torch.where(box, x[perm], x), 1 - ch * cw / (h * w)
+    return box.float(), 1 - ch * cw / (h * w)
 
 
 def trivial_augment(x: torch.Tensor) -> torch.Tensor:

@@ -660,6 +660,7 @@ def train(
     data: Annotated[str, typer.Option(help="cifar10 (downloaded on first use) or synthetic.")] = "cifar10",
     data_dir: Annotated[Optional[Path], typer.Option(help="Where CIFAR-10 is (or is downloaded to); default ~/.cache/cerberus/data.")] = None,
     precision: Precision = "auto",
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="Record each seed's training step as a CUDA graph after 3 eager steps (CUDA only; eager, with a note, where it cannot be recorded).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json.")] = False,
 ) -> None:
     """Final models: retrain one configuration on train + validation per seed, score each once on the test set."""
@@ -679,6 +680,7 @@ def train(
         raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
     _precision(precision)
     resolved = resolve_device(device)
+    _graphable(cuda_graph, [resolved])
     if trial is not None:
         with stores.read_study(study, storage) as optuna_study:
             source = finals.from_trial(optuna_study, trial)
@@ -686,7 +688,7 @@ def train(
         source = finals.from_file(shipped.resolve(config, shipped.CONFIG, "--config"))
     out = out or finals.default_out(stores.artifact_dir(storage, study), source)
     finals.check_out(out)
-    opts = finals.Options(seeds, resolved, data, str(data_dir) if data_dir else None, out, storage, precision)
+    opts = finals.Options(seeds, resolved, data, str(data_dir) if data_dir else None, out, storage, precision, cuda_graph)
     say = lambda line: typer.echo(line, err=True)  # noqa: E731
     what = f"trial {trial} of study {study!r}" if trial is not None else str(config)
     say(f"train: {what}, {seeds} seed(s), {data} train + validation, test set scored once per seed, into {out}")

@@ -78,6 +78,7 @@ class Options:
     out: Path
     storage: str | None = None  # recorded in metrics.json with the study
     precision: str = "auto"  # cerberus.precision.PRECISIONS
+    cuda_graph: bool = False  # record each seed's step as a CUDA graph (cerberus.graph)
 
 
 def from_trial(study: optuna.Study, number: int) -> Source:
@@ -139,6 +140,7 @@ class SeedResult:
     images_per_s: float
     epochs: int
     weights: str | None  # file name inside OUT
+    cuda_graph: bool = False  # its steps replayed a CUDA graph (train --cuda-graph on CUDA, recorded without error)
 
 
 def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], None],
@@ -211,7 +213,8 @@ class _SeedWatch:
 def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed: int, opts: Options, precision: Precision,
               watch: _SeedWatch) -> SeedResult:
     weights, accuracy = f"seed-{seed}.pt", None
-    with watch.ticker, Fit(config, train, None, opts.device, seed=seed, precision=precision, progress=watch.progress) as fit:
+    with watch.ticker, Fit(config, train, None, opts.device, seed=seed, precision=precision, progress=watch.progress,
+                           cuda_graph=opts.cuda_graph) as fit:
         for epoch in fit:
             if not epoch.diverged:
                 watch.epoch_end()
@@ -222,7 +225,7 @@ def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed:
             _write(opts.out / weights, buffer.getvalue())
         result = fit.result()
     return SeedResult(seed, accuracy, result.train_seconds, result.images_per_s, result.epochs,
-                      weights if accuracy is not None else None)
+                      weights if accuracy is not None else None, result.captured)
 
 
 def _metrics(source: Source, config: Config, results: list[SeedResult], opts: Options, precision: Precision,

@@ -85,6 +85,7 @@ def test_train_a_trial_writes_weights_config_and_metrics_and_records_them_on_the
 
     seeds = metrics["seeds"]
     assert [s["seed"] for s in seeds] == [0, 1] and all(s["epochs"] == 1 and s["train_seconds"] > 0 for s in seeds)
+    assert [s["cuda_graph"] for s in seeds] == [False, False]  # not asked for, and no CUDA here
     accuracies = [s["test_accuracy"] for s in seeds]
     assert metrics["test_accuracy"] == pytest.approx(statistics.fmean(accuracies))
     assert metrics["test_accuracy_std"] == pytest.approx(statistics.stdev(accuracies)) and metrics["test_seeds"] == 2

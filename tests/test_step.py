@@ -3,7 +3,9 @@ is given, the checkpoint policy, host syncs and operation counts, Adadelta with 
 
 import dataclasses
 import json
+import random
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -93,8 +95,11 @@ def test_a_step_with_every_augmentation_never_waits_for_the_device(monkeypatch):
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
         real = getattr(torch.Tensor, name)
         monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _n=name, _r=real, **k: reads.append(_n) or _r(self, *a, **k))
+    python_rng, numpy_rng = random.getstate(), np.random.get_state()
     trainer.step(idx)
     assert reads == []
+    # and no draw from Python's or numpy's generators, which no device can make
+    assert random.getstate() == python_rng and all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), numpy_rng))
 
 
 def _clipped_one_tensor_at_a_time(params, clip, eps=1e-3):

@@ -73,12 +73,36 @@ def test_augmentations_keep_shape_and_move_pixels():
     assert zeros.max() <= 64 and zeros.sum() > 0
 
 
-def test_mixing_keeps_labels_a_distribution():
-    torch.manual_seed(0)
-    x, y = torch.rand(32, 3, 32, 32), torch.eye(10)[torch.arange(32) % 10]
-    for mixup, cutmix in ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0)):
-        mx, my = augment.mix(x, y, mixup, cutmix)
-        assert mx.shape == x.shape and torch.allclose(my.sum(1), torch.ones(32))
+def _mixed(x, mx, my):
+    """From labels that name each image (one class per image), each image's partner and the
+    share of itself it kept; and whether its pixels are that mix (mixup) or a box (cutmix)."""
+    kept, partner = my.diagonal(), (my - torch.diag(my.diagonal())).argmax(1)
+    kinds = set()
+    for i in range(len(x)):
+        if partner[i] == i or kept[i] in (0, 1):
+            continue
+        blend = kept[i] * x[i] + (1 - kept[i]) * x[partner[i]]
+        from_partner = (mx[i] == x[partner[i]]).all(0) & (mx[i] != x[i]).any(0)
+        if torch.allclose(mx[i], blend, atol=1e-6):
+            kinds.add("mixup")
+        else:  # a box: every pixel is its own or its partner's, the partner's share as the labels say
+            assert ((mx[i] == x[i]).all(0) | from_partner).all()
+            assert abs(from_partner.float().mean() - (1 - kept[i])) < 1e-6
+            kinds.add("cutmix")
+    return kinds
+
+
+def test_mixing_blends_or_pastes_the_shuffled_batch_as_its_labels_say():
+    n = 32
+    x, y = torch.rand(n, 3, 32, 32), torch.eye(n)
+    for mixup, cutmix, want in ((1.0, 0.0, {"mixup"}), (0.0, 1.0, {"cutmix"}), (1.0, 1.0, {"mixup", "cutmix"})):
+        seen = set()
+        for seed in range(8):
+            torch.manual_seed(seed)
+            mx, my = augment.mix(x, y, mixup, cutmix)
+            assert mx.shape == x.shape and torch.allclose(my.sum(1), torch.ones(n))
+            seen |= _mixed(x, mx, my)
+        assert seen == want, (mixup, cutmix)
 
 
 def test_without_a_validation_split_nothing_is_scored_and_the_caller_sees_the_trained_model(splits):
