@@ -296,8 +296,7 @@ def _plain(arch: Arch, train: Split, o: Options) -> Speed:
     model = ResNet(arch).to(o.device)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
-    x = train.images[: o.batch_size].to(o.device).float().div_(255)
-    x = (x - torch.tensor(COURSE_MEAN, device=o.device).view(1, 3, 1, 1)) / torch.tensor(COURSE_STD, device=o.device).view(1, 3, 1, 1)
+    x = _normalised(train.images[: o.batch_size], o.device)
     y = train.labels[: o.batch_size].to(o.device)
 
     def step() -> None:
@@ -330,9 +329,7 @@ def _baseline(arch: Arch, train: Split, o: Options) -> Speed:
 def _device_baseline(arch: Arch, train: Split, o: Options) -> Speed:
     """The same course loop fed from batches already on the device (normalised once, shuffled
     each epoch, no augmentation): what it does once the host CPU no longer feeds it."""
-    mean = torch.tensor(COURSE_MEAN, device=o.device).view(1, 3, 1, 1)
-    std = torch.tensor(COURSE_STD, device=o.device).view(1, 3, 1, 1)
-    images = (train.images.to(o.device).float().div_(255) - mean) / std
+    images = _normalised(train.images, o.device)
     labels = train.labels.to(o.device)
 
     def epoch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -342,6 +339,13 @@ def _device_baseline(arch: Arch, train: Split, o: Options) -> Speed:
             yield images[idx], labels[idx]
 
     return _course_loop(arch, o, _forever(epoch))
+
+
+def _normalised(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images on ``device`` as the course normalised them (its ``T.Normalize``)."""
+    mean = torch.tensor(COURSE_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(COURSE_STD, device=device).view(1, 3, 1, 1)
+    return (images.to(device).float().div_(255) - mean) / std
 
 
 def _course_loop(arch: Arch, o: Options, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Speed:

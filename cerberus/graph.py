@@ -91,7 +91,7 @@ class Graphed:
                 self.loss = self.compute(self.idx)
         except Exception as e:  # whatever cannot be captured, the step still runs
             self.failed, self.idx, self.loss = True, None, None
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            first = next(iter(str(e).strip().splitlines()), "")
             print(f"note: CUDA graph capture failed ({type(e).__name__}: {first}); this run trains eagerly",
                   file=self.out, flush=True)
             torch.cuda.synchronize(self.device)
