@@ -2,7 +2,7 @@
 
     python benchmarks/checkpoint_cost.py [--blocks 3,5,3 --widths 64,128,256] [--device cpu] [--json]
 
-Builds the trial's own :class:`cerberus.train.Fit` of the course recipe at each optimizer,
+Builds the trial's own :class:`cerberus.fit.Fit` of the course recipe at each optimizer,
 runs one epoch of a small synthetic split (so the optimizer has its state), then times
 :func:`cerberus.checkpoint.save` of :meth:`Fit.state` five times (the median is printed) into a
 temporary folder, and one :func:`cerberus.checkpoint.load`. How often a search saves is the
@@ -32,7 +32,7 @@ def main() -> None:
     from cerberus import checkpoint as checkpoints
     from cerberus.config import COURSE, Arch, Config
     from cerberus.data import synthetic
-    from cerberus.train import Fit
+    from cerberus.fit import Fit
 
     device = torch.device(a.device)
     arch = Arch(tuple(int(b) for b in a.blocks.split(",")), tuple(int(w) for w in a.widths.split(",")))

@@ -1,7 +1,7 @@
 """GPU memory after each of N trials (issues 3 and 5: memory after trial 20 equals trial 1).
 
 Runs ``--trials`` real trials of ``search/smoke.toml`` (or ``--space``) through
-``cerberus.loop.run`` on a CUDA device with synthetic data, in one process, and prints
+``cerberus.search.run`` on a CUDA device with synthetic data, in one process, and prints
 ``torch.cuda.memory_allocated`` and ``memory_reserved`` after every trial, then the growth
 from the first trial to the last. Needs CUDA.
 
@@ -21,10 +21,10 @@ import torch
 from cerberus import data as datasets
 from cerberus import space as spaces
 from cerberus import storage as stores
-from cerberus import loop as searches
+from cerberus import search as searches
 from cerberus import study as studies
 from cerberus.devices import resolve_device
-from cerberus.progress import Reporter
+from cerberus.reporter import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
 

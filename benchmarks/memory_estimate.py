@@ -1,6 +1,6 @@
 """cerberus.memory's estimate of a trial's memory against the peak of real trials, on the CPU.
 
-Each net trains as a trial does (``cerberus.train.Fit``: the Trainer, one epoch of
+Each net trains as a trial does (``cerberus.fit.Fit``: the Trainer, one epoch of
 ``--steps`` full batches with the recipe's augmentation, then an evaluation of
 ``EVAL_BATCH`` validation images) in a fresh Python process. That process first imports torch
 and cerberus and builds its data (``cerberus.data.synthetic``: ``steps x batch`` training
@@ -69,7 +69,7 @@ def child(spec: dict) -> None:
     from cerberus import data, memory
     from cerberus.config import EVAL_BATCH
     from cerberus.precision import choose
-    from cerberus.train import fit
+    from cerberus.fit import fit
 
     config = Config.from_dict(spec["config"])
     device = torch.device("cpu")

@@ -2,7 +2,7 @@
 
 Reads a finished study (one worker) and prints, over its trained trials: the wall time from
 the first trial's start to the last one's end, the training steps' share of it (user attr
-``step_seconds``, timed by ``cerberus.train.Fit`` around the steps alone), and the rest, split
+``step_seconds``, timed by ``cerberus.fit.Fit`` around the steps alone), and the rest, split
 into what lies inside trials (sampling, model set-up, per-epoch evaluation, storage writes)
 and between them (callbacks, garbage collection, the next trial's creation).
 

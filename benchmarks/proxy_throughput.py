@@ -2,7 +2,7 @@
 
     python benchmarks/proxy_throughput.py --storage sqlite:////tmp/p.db --workers 8 --trials 200 [--proxy]
 
-Each worker is a process running cerberus's own search (:class:`cerberus.loop.Search`: a
+Each worker is a process running cerberus's own search (:class:`cerberus.search.Search`: a
 one-parameter space, every attribute and constraint a trial records, three epochs reported to
 the pruner) with an instant trainer in place of training, so what is measured is the storage: each
 worker trains ``--trials`` trials' worth of the study's target (the study's target is
@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import SEARCH_SIZES, child_env
+from common import ROOT, SEARCH_SIZES
 
+sys.path.insert(0, str(ROOT / "tests"))
+from proxies import start_proxy  # noqa: E402  (a test helper: the tests start their proxies the same way)
 
 # One sampled parameter: what is measured is what every trial writes, not the sampler.
 SPACE = """
@@ -38,7 +38,7 @@ epochs = 3
 
 
 class InstantFit:
-    """:class:`cerberus.train.Fit`'s contract as the search uses it, in no time: a rising curve."""
+    """:class:`cerberus.fit.Fit`'s contract as the search uses it, in no time: a rising curve."""
 
     def __init__(self, config, train, val, device, seed=None, **_):  # type: ignore[no-untyped-def]
         self.epochs, self.history, self.diverged = config.recipe.epochs, [], False
@@ -50,14 +50,14 @@ class InstantFit:
         pass
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        from cerberus.train import Epoch
+        from cerberus.fit import Epoch
 
         for e in range(1, self.epochs + 1):
             self.history.append(0.1 + 0.2 * e + 0.01 * (hash(id(self)) % 7))
             yield Epoch(e, self.history[-1], 0.0)
 
     def result(self):  # type: ignore[no-untyped-def]
-        from cerberus.train import Result
+        from cerberus.fit import Result
 
         return Result(self.history[-1], len(self.history), 0.0, 0.0, history=list(self.history))
 
@@ -68,11 +68,11 @@ def _worker(url: str, target: int, index: int, errors) -> None:  # type: ignore[
     import optuna
     from rich.console import Console
 
-    from cerberus import loop as searches
+    from cerberus import search as searches
     from cerberus import space as spaces
     from cerberus import storage as stores
     from cerberus import study as studies
-    from cerberus.progress import Reporter
+    from cerberus.reporter import Reporter
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = spaces.parse(SPACE, "one-parameter space")
@@ -85,29 +85,6 @@ def _worker(url: str, target: int, index: int, errors) -> None:  # type: ignore[
                          trainer=InstantFit)
     except Exception as e:
         errors.put(f"worker {index}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_proxy(storage: str) -> tuple[subprocess.Popen, str]:
-    """``cerberus-search proxy`` in front of ``storage`` on a free loopback port, once it answers."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cerberus", "proxy", "--storage", storage, "--port", str(port)],
-                            env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the proxy exited: {proc.stderr.read()[-500:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"grpc://127.0.0.1:{port}"
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the proxy did not listen within 60 s")
 
 
 def main(argv: list[str] | None = None) -> dict:

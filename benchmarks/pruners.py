@@ -1,9 +1,9 @@
 """Which sampler and pruner to search with at 50 trials: cerberus's own search loop, with
 training replaced by a learning-curve simulator, for several pairs over several seeds.
 
-Each study is :func:`cerberus.loop.run` itself on the default space (sampling, the budget
+Each study is :func:`cerberus.search.run` itself on the default space (sampling, the budget
 check with its rejections and constraints, per-epoch reports, the pruner's cuts, the count
-of 50 trained trials), with :class:`cerberus.train.Fit` swapped for :class:`SimulatedFit` (the search's ``trainer``), so a
+of 50 trained trials), with :class:`cerberus.fit.Fit` swapped for :class:`SimulatedFit` (the search's ``trainer``), so a
 study costs seconds instead of GPU hours. Each study first trains ``--trials`` trials, then
 goes on (as ``run`` resumes a study) until it has spent the cost of ``--trials`` full trials
 of the median net of the space, so that pairs that prune can also be compared at equal
@@ -50,14 +50,14 @@ from common import SEARCH_SIZES
 from rich.console import Console
 
 from cerberus import space as spaces
-from cerberus import loop as searches
+from cerberus import search as searches
 from cerberus import study as studies
 from cerberus import trials as records
 from cerberus.trials import Reason
 from cerberus.config import Arch, Config
 from cerberus.size import flops as count_flops, params as count_params
-from cerberus.progress import Reporter
-from cerberus.train import Epoch, Result
+from cerberus.reporter import Reporter
+from cerberus.fit import Epoch, Result
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 5_000_000
@@ -119,7 +119,7 @@ def curve(config: Config, seed: int) -> list[float]:
 
 
 class SimulatedFit:
-    """:class:`cerberus.train.Fit`'s contract as the search uses it, with the simulated curve
+    """:class:`cerberus.fit.Fit`'s contract as the search uses it, with the simulated curve
     instead of training (no model: no latency objective, no checkpoint)."""
 
     def __init__(self, config: Config, train: object, val: object, device: torch.device, seed: int | None = None,

@@ -25,7 +25,7 @@ import torch
 from cerberus import shipped
 from cerberus import space as spaces
 from cerberus.data import search_splits
-from cerberus.train import fit
+from cerberus.fit import fit
 
 
 def architectures(space: spaces.Space) -> list[dict]:

@@ -1,7 +1,7 @@
 """Wall time for the seed's ResNet-24 to reach 94% and 95% validation accuracy (issue 3).
 
 Trains the course project's architecture (blocks 3,5,3; widths 64,128,256) twice through
-``cerberus.train.Fit``, the code every trial runs, on the search split (45,000 train / 5,000
+``cerberus.fit.Fit``, the code every trial runs, on the search split (45,000 train / 5,000
 validation) and prints, per epoch, the wall time so far and the validation accuracy:
 
 * ``fast``: cerberus's fast recipe (below), for ``--fast-epochs`` epochs;
@@ -27,7 +27,7 @@ import time
 from cerberus import data as datasets
 from cerberus.config import COURSE, Augment, Config, Recipe
 from cerberus.devices import device_name, resolve_device
-from cerberus.train import Fit
+from cerberus.fit import Fit
 
 TARGETS = (0.94, 0.95)
 # Large batches and one-cycle with label smoothing and flip TTA: the usual fast CIFAR-10 recipe

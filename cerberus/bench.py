@@ -2,7 +2,7 @@
 
 ``run(arch, options)`` returns one flat dict (what ``cerberus-search bench --json`` prints):
 
-* ``images_per_s`` and ``ms_per_step``: ``options.steps`` steps of :class:`cerberus.train.Trainer`
+* ``images_per_s`` and ``ms_per_step``: ``options.steps`` steps of :class:`cerberus.fit.Trainer`
   (the very step a trial runs) after ``options.warmup`` untimed ones, under the course
   project's recipe (:data:`cerberus.config.COURSE`, which ``search/seed.toml`` pins) at
   ``options.batch_size``; ``first_step_s`` is the first warm-up step alone (with
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import resource
 import time
@@ -70,11 +71,12 @@ from cerberus import size as sizes
 from cerberus.model import ResNet
 from cerberus.precision import Precision, choose
 from cerberus.devices import device_name
-from cerberus.train import Trainer, release
+from cerberus.fit import Trainer, release
 
 COURSE_RECIPE = COURSE.recipe
 # The normalisation constants the course project (after kuangliu/pytorch-cifar) hard-coded.
 COURSE_MEAN, COURSE_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+PEAK_PRODUCT_SECONDS = 0.05  # matmul_peak grows its side while one product takes less than this
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (about twice the forward)
 MAX_SYNTHETIC = 45_000  # as many training images as CIFAR-10's search split
 # Dense (not sparse) tensor-core peaks from NVIDIA's datasheets, TFLOP/s, by torch's device name.
@@ -86,7 +88,7 @@ DATASHEET_TFLOPS = {
 
 @dataclass(frozen=True)
 class Options:
-    batch_size: int = 128
+    batch_size: int | None = 128  # None: the --config's, else 128
     steps: int = 50
     warmup: int = 2
     device: torch.device = torch.device("cpu")
@@ -101,7 +103,7 @@ class Options:
 
     def __post_init__(self) -> None:
         for name, value in (("--steps", self.steps), ("--warmup", self.warmup), ("--batch-size", self.batch_size)):
-            if value < 1:  # a warm-up step is needed: the first step holds allocation, autotuning, compilation
+            if value is not None and value < 1:  # a warm-up step is needed: the first step holds allocation, autotuning, compilation
                 raise UserError(f"{name} must be at least 1, got {value}")
         if self.data not in datasets.DATASETS:
             raise UserError(f"--data {self.data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
@@ -197,9 +199,14 @@ def report(r: dict[str, Any]) -> str:
 
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
     """Dense matmul FLOP/s this device reaches now in ``dtype``, and the dtype's name: the best
-    of a few timed rounds of square products (2048 on a CPU, where AMX and AVX-512 peak there)."""
+    of a few timed rounds of square products of the largest side up to 2048 (8192 on CUDA) whose
+    product takes under :data:`PEAK_PRODUCT_SECONDS`. A CPU that only emulates the dtype (bf16
+    without AVX512-BF16 or AMX, about 1 GFLOP/s) stops at a small side instead of taking minutes."""
     cuda = device.type == "cuda"
-    n, reps = (8192, 20) if cuda else (2048, 4)
+    largest, reps = (8192, 20) if cuda else (2048, 4)
+    n = 256
+    while n < largest and _product_seconds(n, device, dtype) < PEAK_PRODUCT_SECONDS:
+        n *= 2
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     out = torch.empty_like(a)
     torch.matmul(a, b, out=out)
@@ -214,6 +221,16 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
     del a, b, out
     release(device)
     return 2 * n**3 / best, str(dtype).removeprefix("torch.")
+
+
+def _product_seconds(n: int, device: torch.device, dtype: torch.dtype) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    torch.matmul(a, a)
+    _sync(device)
+    t0 = time.perf_counter()
+    torch.matmul(a, a)
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 def time_steps(step: Callable[[], object], steps: int, warmup: int, batch: int, device: torch.device) -> Speed:
@@ -392,3 +409,28 @@ def _peak_rss() -> int:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def command(arch: Arch, config: str | None, options: Options, as_json: bool) -> None:
+    """The ``bench`` command: ``config`` (a shipped name or a file) times that whole configuration
+    at ``options.batch_size`` (None: the configuration's) instead of the course recipe on ``arch``."""
+    import sys
+
+    from cerberus import shipped
+    from cerberus.launch import check_graphable
+    from cerberus.train import from_file
+
+    if config is not None:
+        timed = from_file(shipped.resolve(config, shipped.CONFIG, "--config")).config
+        batch = timed.recipe.batch_size if options.batch_size is None else options.batch_size
+        arch = timed.arch
+        options = dataclasses.replace(options, batch_size=batch, config=dataclasses.replace(
+            timed, recipe=dataclasses.replace(timed.recipe, batch_size=batch)))
+    if options.batch_size is None:
+        options = dataclasses.replace(options, batch_size=128)
+    check_graphable(options.cuda_graph, [options.device])
+    loops = [name for name, on in (("the plain loop", options.plain), ("the course loop", options.baseline)) if on]
+    print(f"bench: ResNet-{arch.depth} on {options.device}, {options.warmup} warm-up + {options.steps} timed steps"
+          f"{' and the same for ' + ' and '.join(loops) if loops else ''}", file=sys.stderr, flush=True)
+    result = run(arch, options)
+    print(json.dumps(result) if as_json else report(result))

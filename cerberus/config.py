@@ -6,26 +6,28 @@ hashable, printable, and round-trips exactly through JSON::
 
     Config.from_json(config.to_json()) == config
 
-Every field has a meaning on its own; nothing here knows about Optuna or search spaces.
+Each field is declared once, here, with :func:`cerberus.knobs.knob`: its type, what it allows,
+its default, one line of meaning and when it acts. Validation, space files, ``best`` and the
+options reference (docs/reference.md) all read those declarations; a configuration that breaks
+one is refused whatever its source. Nothing here knows about Optuna or search spaces.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import typing
-from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
+from cerberus import knobs
 from cerberus.errors import UserError, read_text
+from cerberus.knobs import BOOL, Increasing, Interval, OneOf, ReadBy, Rule, When, knob
+from cerberus.optim import OPTIMIZERS, SCHEDULES
 
 NUM_CLASSES = 10  # CIFAR-10's, and the model's outputs
 STATS_CHUNK = 2_500  # training images converted to float at a time for the normalisation statistics
 EVAL_BATCH = 1000  # images per evaluation forward: divides the 5,000 validation and 10,000 test images (no ragged batch to autotune)
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "adadelta", "adadelta_agc")
-SCHEDULES = ("cosine", "step", "onecycle")
 # The most BasicBlocks (all stages together) that `count`, a space file and so `run` accept.
 # The closed-form size (cerberus.size) takes microseconds at any depth, but building a net, and
 # its meta-device oracle (cerberus.model.measure), grow with depth: the oracle took 0.45 s at
@@ -34,6 +36,9 @@ SCHEDULES = ("cosine", "step", "onecycle")
 # is ResNet-2002, over three times the deepest published CIFAR ResNet (ResNet-1202).
 MAX_BLOCKS = 1000
 MAX_STAGES = 6  # 32x32 halves to 1x1 at the sixth stage
+MAX_WIDTH = 4096  # channels of a stage: a 3x3 conv of 4096 -> 4096 alone is 151M parameters
+MAX_CUTOUT_HOLES = 16  # each hole is a mask of the batch's size, made every step
+OPTIMIZER, SCHEDULE = ReadBy("optimizer", OPTIMIZERS), ReadBy("schedule", SCHEDULES)
 
 
 @dataclass(frozen=True)
@@ -41,17 +46,19 @@ class Arch:
     """A CIFAR ResNet: stem, ``len(blocks)`` stages of BasicBlocks, average pool, linear.
 
     ``blocks[i]`` BasicBlocks of width ``widths[i]`` form stage ``i``; stage 0 keeps the
-    32x32 resolution and every later stage halves it at its first block.
-    ``conv_kernel`` is the kernel of the stem and of every block conv, ``skip_kernel`` the
-    kernel of a projection shortcut (used where a block changes shape), and ``pool`` the
-    average-pool kernel over the last map, ``0`` meaning global pooling.
+    32x32 resolution and every later stage halves it at its first block. A block that changes
+    the shape has a projection shortcut.
     """
 
-    blocks: tuple[int, ...]
-    widths: tuple[int, ...]
-    conv_kernel: int = 3
-    skip_kernel: int = 1
-    pool: int = 0
+    TABLE: ClassVar[str] = "arch"
+    blocks: tuple[int, ...] = knob(dataclasses.MISSING, "BasicBlocks in each stage", Interval(1), shown=True, per_stage=True)
+    widths: tuple[int, ...] = knob(dataclasses.MISSING, "channels of each stage", Interval(1, MAX_WIDTH), shown=True,
+                                   per_stage=True)
+    conv_kernel: int = knob(3, "kernel of the stem and of every block conv (F)",
+                            Rule(lambda v: v >= 1 and v % 2 == 1, "odd integers >= 1"))
+    skip_kernel: int = knob(1, "kernel of a projection shortcut (K)", OneOf((1, 3)))
+    pool: int = knob(0, "average-pool kernel over the last map (P)",
+                     Rule(lambda v: v >= 0, "0 (global) or an integer no larger than the last map"))
 
     def __post_init__(self) -> None:
         if len(self.blocks) != len(self.widths) or not self.blocks:
@@ -59,17 +66,14 @@ class Arch:
                 f"blocks and widths need one entry per stage (at least one stage), "
                 f"got blocks={list(self.blocks)} widths={list(self.widths)}"
             )
+        if len(self.blocks) > MAX_STAGES:
+            raise ValueError(f"arch: {len(self.blocks)} stages; allowed: 1..{MAX_STAGES} (32x32 halves to 1x1 at the sixth)")
         if sum(self.blocks) > MAX_BLOCKS:  # every Arch, before anything is built: sizing it would take minutes
             raise ValueError(f"blocks {','.join(map(str, self.blocks))}: {sum(self.blocks):,} blocks in all, more than the "
                              f"{MAX_BLOCKS:,} cerberus builds (a deeper net takes more than seconds just to size); "
                              f"give fewer blocks")
-        if min(self.blocks) < 1 or min(self.widths) < 1:
-            raise ValueError(f"blocks and widths must be >= 1, got {self}")
-        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
-            raise ValueError(f"conv_kernel must be odd and >= 1, got {self.conv_kernel}")
-        if self.skip_kernel not in (1, 3):
-            raise ValueError(f"skip_kernel must be 1 or 3, got {self.skip_kernel}")
-        if not 0 <= self.pool <= self.final_map_size:
+        knobs.check(self, self.TABLE)
+        if self.pool > self.final_map_size:
             raise ValueError(
                 f"pool must be 0 (global) or 1..{self.final_map_size} for {len(self.blocks)} "
                 f"stages (last map {self.final_map_size}x{self.final_map_size}), got {self.pool}"
@@ -90,52 +94,47 @@ class Augment:
     """Training-time augmentation; every field at its zero value switches that part off.
 
     Cutout and mixup (or cutmix) combine when both are on. With both mixup and cutmix on,
-    each batch uses one of them, chosen with equal chance. ``trivial_augment`` gives every
-    image one TrivialAugmentWide operation (Mueller and Hutter, 2021) before the rest.
+    each batch uses one of them, chosen with equal chance. TrivialAugment acts first.
     """
 
-    crop_padding: int = 0
-    flip: bool = False
-    rotation: float = 0.0  # maximum degrees, either way
-    cutout_holes: int = 0
-    cutout_length: int = 8
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    trivial_augment: bool = False
+    TABLE: ClassVar[str] = "augment"
+    crop_padding: int = knob(0, "random crop after padding by this many pixels (0: no crop)", Interval(0, 16))
+    flip: bool = knob(False, "mirror half of the images left to right", BOOL)
+    rotation: float = knob(0.0, "rotate by up to this many degrees either way", Interval(0, 180))
+    cutout_holes: int = knob(0, "squares zeroed per image (cutout)", Interval(0, MAX_CUTOUT_HOLES))
+    cutout_length: int = knob(8, "side of a cutout square, pixels", Interval(1, 32),
+                              When("cutout_holes", lambda v: v > 0, "cutout_holes > 0"))
+    mixup_alpha: float = knob(0.0, "mixup's Beta(alpha, alpha) (0: off)", Interval(0))
+    cutmix_alpha: float = knob(0.0, "cutmix's Beta(alpha, alpha) (0: off)", Interval(0))
+    trivial_augment: bool = knob(False, "one TrivialAugmentWide operation per image (Mueller and Hutter, 2021)", BOOL)
+
+    def __post_init__(self) -> None:
+        knobs.check(self, self.TABLE)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to train: optimizer, learning-rate schedule, length, regularisation, augmentation.
+    """How to train: optimizer, learning-rate schedule, length, regularisation, augmentation."""
 
-    ``momentum`` is used by sgd and nesterov; ``milestones`` (fractions of the epochs after
-    which the learning rate drops by 10x) by the step schedule; ``agc_clip`` (the adaptive
-    gradient clipping factor of Brock et al., 2021) by adadelta_agc. ``warmup`` is the fraction
-    of the steps over which cosine and step schedules first ramp up linearly (one-cycle has its
-    own). ``tta_flip`` scores each evaluated image by its logits plus those of its mirror image.
-    """
-
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    milestones: tuple[float, ...] = (0.5, 0.75)
-    agc_clip: float = 0.01
-    warmup: float = 0.0
-    epochs: int = 10
-    batch_size: int = 128
-    label_smoothing: float = 0.0
-    tta_flip: bool = False
+    TABLE: ClassVar[str] = "recipe"
+    optimizer: str = knob("sgd", "the optimizer (see cerberus/optim.py)", OneOf(tuple(OPTIMIZERS)), shown=True)
+    lr: float = knob(0.1, "peak learning rate", Interval(0, open_low=True), shown=True)
+    momentum: float = knob(0.9, "momentum", Interval(0, 1, open_high=True), OPTIMIZER)
+    weight_decay: float = knob(5e-4, "weight decay", Interval(0))
+    schedule: str = knob("cosine", "learning-rate schedule, stepped every batch", OneOf(tuple(SCHEDULES)), shown=True)
+    milestones: tuple[float, ...] = knob((0.5, 0.75), "fractions of the steps after which the learning rate drops 10x",
+                                         Increasing(Interval(0, 1, open_low=True, open_high=True), "increasing fractions in (0, 1), e.g. [0.5, 0.75]"), SCHEDULE)
+    agc_clip: float = knob(0.01, "adaptive gradient clipping factor (Brock et al., 2021)", Interval(0, open_low=True), OPTIMIZER)
+    warmup: float = knob(0.0, "fraction of the steps over which the learning rate first ramps up from zero",
+                         Interval(0, 1, open_high=True), SCHEDULE)
+    epochs: int = knob(10, "passes over the training split", Interval(1), shown=True)
+    batch_size: int = knob(128, "images per step", Interval(1, 50_000), shown=True)
+    label_smoothing: float = knob(0.0, "label smoothing of the cross-entropy", Interval(0, 1, open_high=True))
+    tta_flip: bool = knob(False, "score each evaluated image by its logits plus its mirror image's", BOOL)
     augment: Augment = field(default_factory=Augment)
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"epochs, batch_size and lr must be positive, got {self}")
+        knobs.check(self, self.TABLE)
 
 
 @dataclass(frozen=True)
@@ -151,11 +150,18 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        return _build(cls, data, "config")
+        return knobs.build(cls, data, "config")
 
     @classmethod
     def from_json(cls, text: str) -> Config:
         return cls.from_dict(json.loads(text))
+
+    def summary(self) -> str:
+        """The configuration in one line of short words (:func:`cerberus.knobs.summary`)."""
+        return " ".join(knobs.summary(self.arch) + knobs.summary(self.recipe))
+
+
+TABLES = {"arch": Arch, "recipe": Recipe, "augment": Augment}
 
 
 def read_configs(path: Path, option: str) -> list[Config]:
@@ -176,51 +182,6 @@ def read_configs(path: Path, option: str) -> list[Config]:
         except (ValueError, TypeError) as e:
             raise UserError(f"{option} {path}: {e} (a Config object with arch and recipe, or a `best --json` row)") from None
     return configs
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Rebuild dataclass ``cls`` from JSON-shaped ``data``, refusing unknown or mistyped keys."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(names))}")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise ValueError(f"{where}: missing key {missing[0]!r}; required: {', '.join(required)}")
-    return cls(**{k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()})
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        (item, _) = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(item, v, where) for v in value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"{where}: unsupported field type {hint!r}")
 
 
 # The course project's hand-found ResNet-24 (4,918,602 parameters) and its recipe, the row every

@@ -69,3 +69,20 @@ def serve(storage: optuna.storages.BaseStorage, study: str, host: str, port: int
     finally:
         server.server_close()
 
+
+def command(study: str, storage: str, host: str, port: int) -> None:
+    """The ``dashboard`` command: serve until Ctrl-C."""
+    from cerberus import signals
+    from cerberus import storage as stores
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be 0..65535, got {port}")
+    if stores.is_proxy(storage):
+        raise UserError(f"dashboard --storage {storage}: optuna-dashboard reads the database itself, not through the "
+                        f"proxy; give it the --storage the proxy serves")
+    with stores.reading(storage) as store:
+        stores.check_study(store, study, storage)
+        serve(store, study, host, port,
+              lambda url: print(f"optuna-dashboard of study {study!r} ({storage}), read-only: {url}  (Ctrl-C stops it)",
+                                flush=True),
+              signals.STOP)

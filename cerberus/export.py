@@ -20,7 +20,7 @@ reader mistakes for a number (a one-stage ``1`` would be);
 ``config`` is the trial's whole Config as JSON (``Config.from_json`` reads it back).
 ``params`` is the parameter count; ``params_<name>`` are sampled values. ``test_accuracy`` is
 what ``cerberus-search train --trial N`` recorded for the trial (the mean over its seeds; see
-:func:`cerberus.final.stored_result`); the other columns come from the trial's user attrs of
+:func:`cerberus.train.stored_result`); the other columns come from the trial's user attrs of
 those names, where it has them.
 """
 
@@ -34,7 +34,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from cerberus.errors import UserError
-from cerberus.final import stored_result
+from cerberus.train import stored_result
 from cerberus.trials import end_reason, last_accuracy
 
 if TYPE_CHECKING:
@@ -157,3 +157,16 @@ def write(df: pd.DataFrame, path: Path, fmt: str) -> None:
         records = df.astype(object).where(df.notna(), None).to_dict("records")
         path.write_text(json.dumps(records, indent=1, default=lambda ts: ts.isoformat(timespec="microseconds")), encoding="utf-8")
 
+
+def command(study: str, storage: str, fmt: str | None, out: Path | None) -> None:
+    """The ``export`` command: every trial to ``out`` (default: the study's folder), atomically."""
+    from cerberus import outfile
+    from cerberus import storage as stores
+
+    fmt = choose_format(fmt, out)
+    with stores.read_study(study, storage) as optuna_study:
+        path = out or stores.artifact_dir(storage, study) / f"trials.{fmt}"
+        outfile.check_writable(path)
+        df = frame(optuna_study)
+    outfile.write_atomic(path, lambda tmp: write(df, tmp, fmt))
+    print(f"{len(df)} trials of study {study!r} written to {path}")

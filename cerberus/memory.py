@@ -2,7 +2,7 @@
 device offers: what lets a search end a trial that cannot fit before it allocates anything.
 
 :func:`estimate` counts, in closed form, without building a model (so it takes microseconds at
-any depth), the bytes :class:`cerberus.train.Fit` holds at its peak on top of what the process
+any depth), the bytes :class:`cerberus.fit.Fit` holds at its peak on top of what the process
 held before: weights, gradients, optimizer state, the splits copied to the device, and the
 largest of the transient peaks of building the trainer, a training step, the optimizer step and
 an evaluation, as resident memory. :func:`available` is what the device offers now, :func:`fits`
@@ -11,7 +11,7 @@ failed anyway.
 
 What the count assumes, for the family of :mod:`cerberus.model` (convs without bias, BatchNorm,
 ReLU, identity or projection shortcuts, average pool, linear) and the step of
-:class:`cerberus.train.Trainer`:
+:class:`cerberus.fit.Trainer`:
 
 * Saved for backward, per training forward at batch N: the input batch (the stem conv keeps it);
   the stem's conv output (kept by its BatchNorm) and its ReLU output; per BasicBlock conv1's
@@ -40,7 +40,7 @@ ReLU, identity or projection shortcuts, average pool, linear) and the step of
   on the device. (The first trial of a search computes them; later ones reuse them.)
 * The batch's augmentation makes a handful of batch-sized fp32 temporaries:
   :data:`AUGMENT_COPIES` of them are counted, whichever operations are on.
-* Evaluation runs at :data:`cerberus.train.EVAL_BATCH` images without autograd: at most
+* Evaluation runs at :data:`cerberus.fit.EVAL_BATCH` images without autograd: at most
   :data:`EVAL_MAPS` maps of the largest size are alive at once: a block's input (kept for the
   shortcut), relu(bn1) (conv2's input), conv2's output and, on the CPU, two more of that size
   that oneDNN's conv allocates beside its output (torch's profiler shows all five); plus the normalised batch
@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING
 from cerberus import size
 from cerberus.config import EVAL_BATCH, NUM_CLASSES, STATS_CHUNK, Arch, Config, Recipe
 from cerberus.errors import UserError
+from cerberus.optim import OPTIMIZERS
 from cerberus.precision import Precision
 
 if TYPE_CHECKING:
@@ -146,13 +147,6 @@ def _resident(allocations: list[tuple[int, int]], cpu: bool) -> tuple[int, int]:
     return heap, sum(b * n for b, n in allocations if not cpu or b >= MMAP_MIN)
 
 
-def _state_copies(recipe: Recipe) -> int:
-    """Copies of the parameters the optimizer keeps."""
-    if recipe.optimizer in ("sgd", "nesterov"):
-        return 1 if recipe.momentum > 0 else 0  # torch keeps no momentum buffer at 0
-    return 2  # adam, adamw: two moments; adadelta: square average and accumulated update
-
-
 def estimate(config: Config, precision: Precision, train_images: int, val_images: int) -> Estimate:
     """What fitting ``config`` in ``precision`` (which names the device type) with splits of
     these sizes takes (see the module docstring for what is counted and why)."""
@@ -170,7 +164,7 @@ def estimate(config: Config, precision: Precision, train_images: int, val_images
     if act == 2:
         step += [(2 * IMAGE * batch, 1), (2 * sum(n * k for n, k in weights), 1)]  # the bf16 input and weights
     update = [(4 * largest_weight, UPDATE_COPIES)]
-    if not cpu and recipe.optimizer.startswith("adadelta"):
+    if not cpu and not OPTIMIZERS[recipe.optimizer].fused:
         update.append((4 * params, 3))  # multi-tensor kernels: whole lists of temporaries
     evaluation: list[tuple[int, int]] = []
     if val_images:
@@ -183,7 +177,7 @@ def estimate(config: Config, precision: Precision, train_images: int, val_images
     return Estimate(
         weights=4 * params + 4 * 2 * norm_channels + 8 * norm_layers,  # running mean, var, count
         grads=4 * params,
-        optimizer=4 * params * _state_copies(recipe),
+        optimizer=4 * params * OPTIMIZERS[recipe.optimizer].state_copies(recipe),
         data=0 if cpu else (train_images + val_images) * (IMAGE + LABEL),
         setup=sum(_resident([(4 * IMAGE * min(STATS_CHUNK, train_images), 2)], cpu)) if cpu else 0,
         step=step_heap + step_mapped,

@@ -88,3 +88,12 @@ def choose(device: torch.device | str, wanted: str = "auto", native_bf16: bool |
         native = kind == "cuda" or (cpu_has_native_bf16() if native_bf16 is None else native_bf16)
         wanted = "bf16" if native else "fp32"
     return Precision(wanted, kind)
+
+
+def check_precision(value: str) -> str:
+    """``--precision`` as given, refused (UserError) unless it is one of :data:`PRECISIONS`."""
+    from cerberus.errors import UserError
+
+    if value not in PRECISIONS:
+        raise UserError(f"--precision {value!r} is not a precision; allowed: {', '.join(PRECISIONS)}")
+    return value

@@ -19,19 +19,22 @@ plotly is imported inside functions: a machine that only runs searches need not 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import html
 import re
 import warnings
 from collections import Counter
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from cerberus.config import COURSE, Arch, Config
-from cerberus.final import stored_result
+from cerberus import knobs
+from cerberus.config import COURSE, Arch, Augment, Config
+from cerberus.train import stored_result
 from cerberus.trials import Reason, best_trial, end_reason, is_trained, last_accuracy
 
 if TYPE_CHECKING:
@@ -157,21 +160,13 @@ def _best_table(study: optuna.Study) -> str:
         std = final["test_accuracy_std"]
         rows.append(("test accuracy (train)", f"{final['test_accuracy']:.4f}" + (f" ± {std:.4f}" if std is not None else "")
                      + f", {final['test_seeds']} seed(s), {final['test_epochs']} epochs"))
-    config = Config.from_dict(a["config"]).to_dict()
-    augment = config["recipe"].pop("augment")
-    # One row per part keeps the table beside the counts; export has every value to the last digit.
-    rows += [("architecture", _fields(config["arch"])), ("recipe", _fields(config["recipe"])), ("augment", _fields(augment))]
+    config = Config.from_dict(a["config"])
+    # One row per part, as `best` shows it (what acts and differs from its default); export has every value.
+    rows += [("architecture", " \u00b7 ".join(knobs.summary(config.arch))),
+             ("recipe", " \u00b7 ".join(knobs.summary(dataclasses.replace(config.recipe, augment=Augment())))),
+             ("augment", " \u00b7 ".join(knobs.summary(config.recipe.augment)) or "none")]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f'<table class="best">{body}</table>'
-
-
-def _fields(values: dict[str, Any]) -> str:
-    def show(v: Any) -> str:
-        if isinstance(v, (list, tuple)):
-            return ",".join(map(show, v))
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    return " \u00b7 ".join(f"{k} {show(v)}" for k, v in values.items())
 
 
 def _num(x: float | None) -> str:
@@ -418,3 +413,19 @@ td { font-variant-numeric: tabular-nums; } table.best td { max-width: 38em; }
 .top { display: flex; flex-wrap: wrap; column-gap: 4em; }
 .plot { border: 1px solid #eee; }
 """
+
+
+def command(study: str, storage: str, out: Path | None) -> None:
+    """The ``report`` command: the page written atomically, after the study was read (read-only)."""
+    from cerberus import outfile
+    from cerberus import storage as stores
+    from cerberus import study as studies
+
+    with stores.read_study(study, storage) as optuna_study:
+        studies.check_ours(optuna_study, "report")
+        path = out or stores.artifact_dir(storage, study) / "report.html"
+        outfile.check_writable(path)
+        page = render(optuna_study, storage)
+        count = len(optuna_study.get_trials(deepcopy=False))
+    outfile.write_atomic(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    print(f"report of study {study!r} ({count} trials) written to {path}")

@@ -2,7 +2,8 @@
 
 A space file has three tables, ``[arch]``, ``[recipe]`` and ``[augment]``, whose keys are the
 fields of :class:`~cerberus.config.Arch`, :class:`~cerberus.config.Recipe` and
-:class:`~cerberus.config.Augment`. Each value is one of::
+:class:`~cerberus.config.Augment` (each declared once, in :mod:`cerberus.config`; the options
+reference lists them). Each value is one of::
 
     epochs = 30                                  # fixed
     optimizer = ["nesterov", "adamw"]            # one of these (categorical)
@@ -11,12 +12,12 @@ fields of :class:`~cerberus.config.Arch`, :class:`~cerberus.config.Recipe` and
 ``[arch]`` speaks per stage: ``stages`` is how many, ``blocks`` and ``widths`` apply to every
 stage, and ``blocks_2`` / ``widths_2`` override stage 2 (stages count from 1). A list-valued
 field (``milestones``) is fixed when written as one list and a choice when written as a list
-of lists. Keys a file leaves out take the dataclass defaults, except ``stages``, ``blocks``
+of lists. Keys a file leaves out take their declared defaults, except ``stages``, ``blocks``
 and ``widths``, which every file must cover.
 
 The Optuna parameter of a key has the key's name (``lr``, ``blocks_2``), and a key is only
-sampled where it acts: ``momentum`` for sgd and nesterov, ``milestones`` for the step
-schedule, ``agc_clip`` for adadelta_agc, ``warmup`` for cosine and step, ``cutout_length`` when there are cutout holes.
+sampled where it acts (its declaration says when: ``momentum`` under the optimizers that read
+it, ``cutout_length`` when there are cutout holes, ...), in declaration order.
 Every violation is a :class:`~cerberus.errors.UserError` naming the file, the table, the key
 and what is allowed. :func:`sample_archs` and :func:`rejected_fraction` tell how much of a
 space a parameter budget rejects.
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,9 +35,10 @@ from typing import Any, Union
 
 import optuna
 
-from cerberus.config import MAX_BLOCKS, MAX_STAGES, OPTIMIZERS, SCHEDULES, Arch, Augment, Config, Recipe
+from cerberus import knobs, size
+from cerberus.config import MAX_BLOCKS, MAX_STAGES, TABLES, Arch, Augment, Config, Recipe
 from cerberus.errors import UserError, read_text
-from cerberus import size
+from cerberus.knobs import Interval
 
 Scalar = Union[bool, int, float, str, tuple]
 
@@ -88,59 +89,8 @@ class Range:
 
 
 Dim = Union[Fixed, Choice, Range]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one key accepts: its type, a check on each value, and the words for that check."""
-
-    kind: type
-    ok: Callable[[Any], bool]
-    allowed: str
-
-
-def _rule(kind: type, ok: Callable[[Any], bool], allowed: str) -> Rule:
-    return Rule(kind, ok, allowed)
-
-
-def _milestones_ok(v: tuple) -> bool:
-    return bool(v) and all(0 < m < 1 for m in v) and list(v) == sorted(set(v))
-
-
-ARCH_RULES = {
-    "stages": _rule(int, lambda v: 1 <= v <= MAX_STAGES, f"integers 1..{MAX_STAGES}"),
-    "blocks": _rule(int, lambda v: v >= 1, "integers >= 1"),
-    "widths": _rule(int, lambda v: v >= 1, "integers >= 1"),
-    "conv_kernel": _rule(int, lambda v: v >= 1 and v % 2 == 1, "odd integers >= 1"),
-    "skip_kernel": _rule(int, lambda v: v in (1, 3), "1 or 3"),
-    "pool": _rule(int, lambda v: v >= 0, "0 (global) or an integer no larger than the last map"),
-}
-RECIPE_RULES = {
-    "optimizer": _rule(str, lambda v: v in OPTIMIZERS, ", ".join(OPTIMIZERS)),
-    "lr": _rule(float, lambda v: v > 0, "numbers > 0"),
-    "momentum": _rule(float, lambda v: 0 <= v < 1, "numbers in [0, 1)"),
-    "weight_decay": _rule(float, lambda v: v >= 0, "numbers >= 0"),
-    "schedule": _rule(str, lambda v: v in SCHEDULES, ", ".join(SCHEDULES)),
-    "milestones": _rule(tuple, _milestones_ok, "increasing fractions in (0, 1), e.g. [0.5, 0.75]"),
-    "agc_clip": _rule(float, lambda v: v > 0, "numbers > 0"),
-    "warmup": _rule(float, lambda v: 0 <= v < 1, "numbers in [0, 1)"),
-    "epochs": _rule(int, lambda v: v >= 1, "integers >= 1"),
-    "batch_size": _rule(int, lambda v: v >= 1, "integers >= 1"),
-    "label_smoothing": _rule(float, lambda v: 0 <= v < 1, "numbers in [0, 1)"),
-    "tta_flip": _rule(bool, lambda v: True, "true or false"),
-}
-AUGMENT_RULES = {
-    "crop_padding": _rule(int, lambda v: 0 <= v <= 16, "integers 0..16 (0 = no crop)"),
-    "flip": _rule(bool, lambda v: True, "true or false"),
-    "rotation": _rule(float, lambda v: 0 <= v <= 180, "degrees 0..180"),
-    "cutout_holes": _rule(int, lambda v: v >= 0, "integers >= 0"),
-    "cutout_length": _rule(int, lambda v: 1 <= v <= 32, "integers 1..32"),
-    "mixup_alpha": _rule(float, lambda v: v >= 0, "numbers >= 0 (0 = off)"),
-    "cutmix_alpha": _rule(float, lambda v: v >= 0, "numbers >= 0 (0 = off)"),
-    "trivial_augment": _rule(bool, lambda v: True, "true or false"),
-}
-TABLES = {"arch": ARCH_RULES, "recipe": RECIPE_RULES, "augment": AUGMENT_RULES}
-PER_STAGE = ("blocks", "widths")
+# `stages` is the one key that is not a field: how many entries the per-stage fields get.
+STAGES = knobs.Field("stages", int, knobs.Spec("how many stages", Interval(1, MAX_STAGES)), dataclasses.MISSING)
 
 
 @dataclass(frozen=True)
@@ -154,14 +104,12 @@ class Space:
 
     def sample(self, trial: optuna.Trial) -> Config:
         stages = self.arch["stages"].sample(trial, "stages")
-        arch = Arch(
-            blocks=tuple(self._stage_dim("blocks", i).sample(trial, f"blocks_{i}") for i in range(1, stages + 1)),
-            widths=tuple(self._stage_dim("widths", i).sample(trial, f"widths_{i}") for i in range(1, stages + 1)),
-            **{k: d.sample(trial, k) for k, d in self.arch.items() if k in ARCH_RULES and k not in ("stages", *PER_STAGE)},
-        )
-        recipe = _sample_table(trial, self.recipe, _recipe_acts)
-        augment = _sample_table(trial, self.augment, _augment_acts)
-        return Config(arch, Recipe(**recipe, augment=Augment(**augment)))
+        per_stage = {f.name: tuple(self._stage_dim(f.name, i).sample(trial, f"{f.name}_{i}") for i in range(1, stages + 1))
+                     for f in knobs.fields(Arch) if f.spec.per_stage}
+        arch = Arch(**_sample_fields(trial, Arch, self.arch, per_stage))
+        recipe = _sample_fields(trial, Recipe, self.recipe, {})
+        augment = Augment(**_sample_fields(trial, Augment, self.augment, {}))
+        return Config(arch, Recipe(**recipe, augment=augment))
 
     def params_for(self, config: Config) -> dict[str, Any]:
         """The Optuna parameters under which ``sample`` returns ``config`` (its epochs aside:
@@ -174,60 +122,55 @@ class Space:
         """
         a, r = config.arch, config.recipe
         wanted: dict[str, Any] = {"stages": len(a.blocks)}
-        for i, (b, w) in enumerate(zip(a.blocks, a.widths), 1):
-            wanted[f"blocks_{i}"], wanted[f"widths_{i}"] = b, w
+        for f in knobs.fields(Arch):
+            if f.spec.per_stage:
+                wanted.update({f"{f.name}_{i}": v for i, v in enumerate(getattr(a, f.name), 1)})
         for table in (a, r, r.augment):
-            wanted.update({f.name: getattr(table, f.name) for f in dataclasses.fields(table)})
+            wanted.update({f.name: getattr(table, f.name) for f in knobs.fields(type(table)) if not f.spec.per_stage})
         # Choice.sample asks for tuples (milestones) by their label
         wanted = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in wanted.items()}
         trial = _Replay(self.path, wanted)
         got = replace_epochs(self.sample(trial), config.recipe.epochs)  # type: ignore[arg-type]
-        if _canonical(got) != _canonical(config):
-            key, mine, theirs = _first_difference(_canonical(config).to_dict(), _canonical(got).to_dict())
-            raise UserError(f"{self.path} cannot express this configuration: {key} = {mine!r}, the space pins {theirs!r}")
+        mine, theirs = knobs.canonical(config), knobs.canonical(got)
+        if mine != theirs:
+            key, want, pinned = _first_difference(mine.to_dict(), theirs.to_dict())
+            raise UserError(f"{self.path} cannot express this configuration: {key} = {want!r}, the space pins {pinned!r}")
         return trial.params
 
     def architectures(self) -> Iterator[Arch]:
         """The corner architectures: fewest blocks and narrowest widths per stage, for every
-        stage count, kernel and pool. The smallest architecture of the space is among them."""
+        stage count and every value of the other arch keys (those a budget or a map size
+        depends on). The smallest architecture of the space is among them."""
+        others = [f.name for f in knobs.fields(Arch) if not f.spec.per_stage]
         for stages in self.arch["stages"].values():
-            blocks = tuple(min(self._stage_dim("blocks", i).values()) for i in range(1, stages + 1))
-            widths = tuple(min(self._stage_dim("widths", i).values()) for i in range(1, stages + 1))
-            for conv, skip, pool in itertools.product(
-                self.arch["conv_kernel"].values(), self.arch["skip_kernel"].values(), self.arch["pool"].values()
-            ):
-                if pool <= max(1, 32 >> (stages - 1)):
-                    yield Arch(blocks, widths, conv, skip, pool)
+            smallest = {f.name: tuple(min(self._stage_dim(f.name, i).values()) for i in range(1, stages + 1))
+                        for f in knobs.fields(Arch) if f.spec.per_stage}
+            dims = [self.arch[k].values() if k in self.arch else [knobs.field(Arch, k).default] for k in others]
+            for values in itertools.product(*dims):
+                try:
+                    yield Arch(**smallest, **dict(zip(others, values)))
+                except ValueError:  # a pool larger than this stage count's last map: never sampled with it
+                    continue
 
     def _stage_dim(self, key: str, stage: int) -> Dim:
         return self.arch.get(f"{key}_{stage}", self.arch.get(key))  # type: ignore[return-value]
 
 
-def _recipe_acts(key: str, chosen: dict[str, Any]) -> bool:
-    if key == "momentum":
-        return chosen["optimizer"] in ("sgd", "nesterov")
-    if key == "milestones":
-        return chosen["schedule"] == "step"
-    if key == "agc_clip":
-        return chosen["optimizer"] == "adadelta_agc"
-    if key == "warmup":
-        return chosen["schedule"] != "onecycle"
-    return True
-
-
-def _augment_acts(key: str, chosen: dict[str, Any]) -> bool:
-    return key != "cutout_length" or chosen["cutout_holes"] > 0
-
-
-def _sample_table(trial: optuna.Trial, dims: dict[str, Dim], acts: Callable[[str, dict], bool]) -> dict[str, Any]:
-    # Keys that others depend on (optimizer, schedule, cutout_holes) come first in the rules,
-    # so the order of RECIPE_RULES and AUGMENT_RULES is the sampling order.
+def _sample_fields(trial: optuna.Trial, cls: type, dims: dict[str, Dim], given: dict[str, Any]) -> dict[str, Any]:
+    """The declared fields of ``cls``, in declaration order: ``given``'s value, else sampled from
+    its dim where it acts, else the file's fixed value or the declared default."""
     chosen: dict[str, Any] = {}
-    for key, dim in dims.items():
-        if acts(key, chosen):
-            chosen[key] = dim.sample(trial, key)
+    for f in knobs.fields(cls):
+        if f.name in given:
+            chosen[f.name] = given[f.name]
+            continue
+        dim = dims.get(f.name)
+        if dim is not None and f.spec.acts(f.name, chosen):
+            chosen[f.name] = dim.sample(trial, f.name)
         elif isinstance(dim, Fixed):
-            chosen[key] = dim.value
+            chosen[f.name] = dim.value
+        else:
+            chosen[f.name] = f.default
     return chosen
 
 
@@ -247,46 +190,56 @@ def parse(text: str, name: str) -> Space:
     if unknown:
         raise UserError(f"{name}: unknown table [{unknown[0]}]; allowed: [arch], [recipe], [augment]")
     tables = {}
-    for table, rules in TABLES.items():
+    for table, cls in TABLES.items():
         entries = raw.get(table, {})
         if not isinstance(entries, dict):
             raise UserError(f"{name}: {table} must be a table ([{table}]), got a {type(entries).__name__}")
-        where = f"{name}: [{table}]"
-        dims: dict[str, Dim] = {}
-        stage_keys = [k for k in entries if table == "arch" and _stage_key(k)]
-        for key in rules:  # rule order is the sampling order (see _sample_table)
-            if key in entries:
-                dims[key] = _parse(entries[key], rules[key], f"{where} {key}")
-        for key in stage_keys:
-            dims[key] = _parse(entries[key], rules[key.split("_")[0]], f"{where} {key}")
-        extra = sorted(set(entries) - set(dims))
-        if extra:
-            allowed = ", ".join(sorted(rules)) + (", blocks_N, widths_N (N = 1.." + str(MAX_STAGES) + ")" if table == "arch" else "")
-            raise UserError(f"{where} {extra[0]}: unknown key; allowed: {allowed}")
-        tables[table] = dims
+        tables[table] = _parse_table(entries, cls, f"{name}: [{table}]")
     arch = tables["arch"]
-    arch.setdefault("conv_kernel", Fixed(3))
-    arch.setdefault("skip_kernel", Fixed(1))
-    arch.setdefault("pool", Fixed(0))
     if "stages" not in arch:
         raise UserError(f"{name}: [arch] stages: missing; give the number of stages, e.g. stages = [3, 4]")
+    _check_arch(arch, name)
+    return Space(name, arch, tables["recipe"], tables["augment"])
+
+
+def _parse_table(entries: dict[str, Any], cls: type, where: str) -> dict[str, Dim]:
+    declared = knobs.fields(cls)
+    keys = {f.name: f for f in declared}
+    if cls is Arch:
+        keys["stages"] = STAGES
+        for f in declared:
+            if f.spec.per_stage:
+                keys.update({f"{f.name}_{i}": f for i in range(1, MAX_STAGES + 1)})
+    dims: dict[str, Dim] = {}
+    for key, value in entries.items():  # declaration order is the sampling order; a dict keeps none of it
+        if key not in keys:
+            allowed = ", ".join(sorted(f.name for f in declared))
+            if cls is Arch:
+                allowed += f", stages, blocks_N, widths_N (N = 1..{MAX_STAGES})"
+            raise UserError(f"{where} {key}: unknown key; allowed: {allowed}")
+        dims[key] = _parse(value, keys[key], f"{where} {key}")
+    return dims
+
+
+def _check_arch(arch: dict[str, Dim], name: str) -> None:
     most = max(arch["stages"].values())
-    for key in PER_STAGE:
+    for key in ("blocks", "widths"):
         for stage in range(1, most + 1):
             if f"{key}_{stage}" not in arch and key not in arch:
                 raise UserError(f"{name}: [arch] {key}: missing for stage {stage}; give {key} (every stage) or {key}_{stage}")
     for key in arch:
-        if _stage_key(key) and int(key.split("_")[1]) > most:
-            raise UserError(f"{name}: [arch] {key}: stage {key.split('_')[1]} does not exist; stages go up to {most}")
+        head, _, n = key.partition("_")
+        if head in ("blocks", "widths") and n.isdigit() and int(n) > most:
+            raise UserError(f"{name}: [arch] {key}: stage {n} does not exist; stages go up to {most}")
     last_map = max(1, 32 >> (most - 1))
-    if max(arch["pool"].values()) > last_map:
-        raise UserError(f"{name}: [arch] pool: {max(arch['pool'].values())} is larger than the last map ({last_map}x{last_map} with {most} stages); allowed: 0 (global) or 1..{last_map}")
+    if "pool" in arch and max(arch["pool"].values()) > last_map:  # type: ignore[type-var]
+        raise UserError(f"{name}: [arch] pool: {max(arch['pool'].values())} is larger than the last map ({last_map}x{last_map} "
+                        f"with {most} stages); allowed: 0 (global) or 1..{last_map}")
     deepest = [_largest(arch.get(f"blocks_{stage}", arch.get("blocks"))) for stage in range(1, most + 1)]  # type: ignore[arg-type]
     if sum(deepest) > MAX_BLOCKS:
         raise UserError(f"{name}: [arch] blocks: up to {sum(deepest):,} blocks in all ({'+'.join(map(str, deepest))} over "
                         f"{most} stage(s)), more than the {MAX_BLOCKS:,} cerberus builds (a deeper net takes more than "
                         f"seconds just to size); allow fewer blocks per stage")
-    return Space(name, arch, tables["recipe"], tables["augment"])
 
 
 def _largest(dim: Dim) -> int:
@@ -297,64 +250,61 @@ def _largest(dim: Dim) -> int:
     return max(dim.values())  # type: ignore[type-var, return-value]
 
 
-def _stage_key(key: str) -> bool:
-    head, _, n = key.partition("_")
-    return head in PER_STAGE and n.isdigit() and 1 <= int(n) <= MAX_STAGES
-
-
-def _parse(value: Any, rule: Rule, where: str) -> Dim:
+def _parse(value: Any, f: knobs.Field, where: str) -> Dim:
     if isinstance(value, dict):
-        return _parse_range(value, rule, where)
-    if isinstance(value, list) and (rule.kind is not tuple or (value and isinstance(value[0], list))):
+        return _parse_range(value, f, where)
+    # A list-valued field (milestones) is fixed as one list, a choice as a list of lists; a
+    # per-stage field's list (blocks = [1, 2]) is a choice of one value for every stage.
+    listed = f.kind is not f.item and not f.spec.per_stage
+    if isinstance(value, list) and (not listed or (value and isinstance(value[0], list))):
         if not value:
-            raise UserError(f"{where}: empty list of choices; give at least one of: {rule.allowed}")
-        options = tuple(_scalar(v, rule, where) for v in value)
+            raise UserError(f"{where}: empty list of choices; give at least one of: {f.allowed_words()}")
+        options = tuple(_scalar(v, f, where) for v in value)
         if len(set(options)) != len(options):
             raise UserError(f"{where}: a choice is listed twice in {value}; list each once")
         return Choice(options) if len(options) > 1 else Fixed(options[0])
-    return Fixed(_scalar(value, rule, where))
+    return Fixed(_scalar(value, f, where))
 
 
-def _scalar(value: Any, rule: Rule, where: str) -> Scalar:
-    kind = rule.kind
-    if kind is tuple:
-        good = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-        value = tuple(float(v) for v in value) if good else value
-    elif kind is float:  # TOML also spells inf and nan, which no key accepts
-        good = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        value = float(value) if good else value
-    elif kind is int:
-        good = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        good = isinstance(value, kind)
-    if not good or not rule.ok(value):
-        raise UserError(f"{where}: {value!r} is not allowed; allowed: {rule.allowed}")
+def _scalar(value: Any, f: knobs.Field, where: str) -> Scalar:
+    """One value of key ``f`` (for a per-stage key, one stage's), checked as the config checks it."""
+    kind = f.item if f.spec.per_stage else f.kind
+    try:
+        value = knobs.coerce(kind, value, where)
+    except ValueError:
+        raise UserError(f"{where}: {value!r} is not allowed; allowed: {f.allowed_words()}") from None
+    if not f.spec.allowed.ok(value):
+        shown = list(value) if isinstance(value, tuple) else value
+        raise UserError(f"{where}: {shown!r} is not allowed; allowed: {f.allowed_words()}")
     return value
 
 
-def _parse_range(table: dict, rule: Rule, where: str) -> Range:
-    if rule.kind not in (int, float):
-        raise UserError(f"{where}: a range needs a numeric key; give a value or a list of choices from: {rule.allowed}")
+def _parse_range(table: dict, f: knobs.Field, where: str) -> Range:
+    kind = f.item if f.spec.per_stage else f.kind
+    if kind not in (int, float):
+        raise UserError(f"{where}: a range needs a numeric key; give a value or a list of choices from: {f.allowed_words()}")
     extra = sorted(set(table) - {"low", "high", "log", "step"})
     if extra:
         raise UserError(f"{where}: unknown range key {extra[0]!r}; allowed: low, high, log, step")
     if "low" not in table or "high" not in table:
         raise UserError(f"{where}: a range needs both low and high, e.g. {{ low = 1, high = 4 }}")
-    low, high = _scalar(table["low"], rule, where), _scalar(table["high"], rule, where)
-    if low >= high:
+    low, high = _scalar(table["low"], f, where), _scalar(table["high"], f, where)
+    if low >= high:  # type: ignore[operator]
         raise UserError(f"{where}: range low {low} must be below high {high}")
     log = table.get("log", False)
     if not isinstance(log, bool):
         raise UserError(f"{where}: log must be true or false, got {log!r}")
-    if log and low <= 0:
+    if log and low <= 0:  # type: ignore[operator]
         raise UserError(f"{where}: a log range needs low > 0, got {low}")
     step = table.get("step")
     if step is not None:
-        if rule.kind is not int or isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        if kind is not int or isinstance(step, bool) or not isinstance(step, int) or step < 1:
             raise UserError(f"{where}: step must be an integer >= 1 on an integer key, got {step!r}")
         if log:
             raise UserError(f"{where}: step and log cannot be combined; Optuna samples one or the other")
-    return Range(low, high, log=log, step=step, integer=rule.kind is int)
+    if kind is int and not all(f.spec.allowed.ok(v) for v in range(int(low), int(high) + 1, step or 1)[:1000]):  # type: ignore[arg-type]
+        raise UserError(f"{where}: the range {low}..{high} holds values that are not allowed; allowed: {f.allowed_words()}")
+    return Range(low, high, log=log, step=step, integer=kind is int)  # type: ignore[arg-type]
 
 
 class _Replay:
@@ -382,16 +332,6 @@ class _Replay:
 
     def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
         return self._take(name, low <= self.wanted[name] <= high, f"{low:g}..{high:g}")
-
-
-def _canonical(config: Config) -> Config:
-    """``config`` with the keys that do not act (momentum under adam, ...) at their defaults."""
-    r = config.recipe
-    recipe = {f.name: getattr(r, f.name) for f in dataclasses.fields(Recipe) if f.name != "augment"}
-    augment = dataclasses.asdict(r.augment)
-    recipe = {k: v if _recipe_acts(k, recipe) else getattr(Recipe, k) for k, v in recipe.items()}
-    augment = {k: v if _augment_acts(k, augment) else getattr(Augment, k) for k, v in augment.items()}
-    return Config(config.arch, Recipe(**recipe, augment=Augment(**augment)))
 
 
 def _first_difference(a: dict[str, Any], b: dict[str, Any], where: str = "") -> tuple[str, Any, Any]:

@@ -4,7 +4,7 @@ The default is ``sqlite:///studies/cerberus.db`` (relative to the working direct
 Optuna RDB URL works (``postgresql://...``), and so does ``grpc://HOST:PORT``, Optuna's gRPC
 storage proxy (:func:`serve_proxy`, ``cerberus-search proxy``) in front of one: many workers,
 one database connection pool. Optuna keeps no heartbeats through the proxy, so a search
-through it keeps its own (:mod:`cerberus.loop`, ``Pulse``); the dashboard reads the database
+through it keeps its own (:mod:`cerberus.search`, ``Pulse``); the dashboard reads the database
 itself, not the proxy.
 
 Reading never writes (:func:`reading`, for ``best``, ``report``, ``export``, ``dashboard``,
@@ -334,16 +334,6 @@ def _read_only_server(url: str) -> dict:
     return {}
 
 
-def made_by_cerberus(user_attrs: dict, trials: list[optuna.trial.FrozenTrial]) -> bool:
-    """Whether cerberus made the study with these user attrs and trials: it stores its
-    objectives (since they were stored) and its trials their configuration (before that). A
-    study with nothing in it yet counts: it may be one that another worker has just created and
-    not yet marked, and it has nothing to lose (``run`` checks its directions)."""
-    if "objectives" in user_attrs or not trials and not user_attrs:
-        return True
-    return any("config" in t.user_attrs for t in trials)
-
-
 def check_name(name: str) -> None:
     """Refuse a study name that cannot be its folder's name (see :func:`artifact_dir`)."""
     allowed = "a non-empty name without '/', '\\' or '..', at most 255 bytes, e.g. cerberus or resnet-5m"
@@ -377,3 +367,23 @@ def artifact_dir(url: str, study: str) -> Path:
     other's trials from a checkpoint)."""
     path = sqlite_path(url)
     return (path.parent if path is not None else Path("studies")) / study
+
+
+def proxy_command(storage: str, host: str, port: int) -> int:
+    """The ``proxy`` command: serve until Ctrl-C or SIGTERM; its exit code."""
+    import sys
+
+    from cerberus import signals
+
+    if not 0 < port <= 65535:
+        raise UserError(f"--port must be 1..65535, got {port}")
+    backend = proxy_backend(storage, host, port)
+    print(f"storage proxy for {storage} on grpc://{host}:{port} (Ctrl-C stops it); workers: "
+          f"cerberus-search run --storage grpc://{host}:{port} --study NAME", file=sys.stderr, flush=True)
+    try:
+        serve_proxy(backend, host, port, sqlite=sqlite_path(storage) is not None)
+    except KeyboardInterrupt:
+        print(f"proxy stopped ({signals.name()}); workers using it wait for it (or fail) until it is back",
+              file=sys.stderr)
+        return signals.exit_code()
+    return 0

@@ -177,11 +177,14 @@ def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | No
     return study
 
 
-def made_by_cerberus(study: optuna.Study) -> bool:
-    """Whether cerberus made ``study`` (:func:`cerberus.storage.made_by_cerberus`)."""
-    from cerberus import storage as stores
-
-    return stores.made_by_cerberus(study.user_attrs, study.get_trials(deepcopy=False))
+def made_by_cerberus(user_attrs: dict[str, Any], trials: list[optuna.trial.FrozenTrial]) -> bool:
+    """Whether cerberus made the study with these user attrs and trials: it stores its
+    objectives (since they were stored) and its trials their configuration (before that). A
+    study with nothing in it yet counts: it may be one that another worker has just created and
+    not yet marked, and it has nothing to lose (``run`` checks its directions)."""
+    if "objectives" in user_attrs or not trials and not user_attrs:
+        return True
+    return any("config" in t.user_attrs for t in trials)
 
 
 def check_directions(study: optuna.Study, objectives: tuple[str, ...]) -> None:
@@ -195,7 +198,7 @@ def check_directions(study: optuna.Study, objectives: tuple[str, ...]) -> None:
 
 def check_ours(study: optuna.Study, command: str) -> None:
     """Refuse (UserError) ``command`` (``run``, ``best``, ``report``) on a study cerberus did not make."""
-    if made_by_cerberus(study):
+    if made_by_cerberus(study.user_attrs, study.get_trials(deepcopy=False)):
         return
     directions = ",".join(d.name.lower() for d in study.directions)
     held = f"{len(study.get_trials(deepcopy=False))} trial(s) without a cerberus configuration, direction {directions}"
@@ -247,6 +250,18 @@ def check_memory_floor(space: Space, device: Any, data: str, precision: str = "a
             f"{recipe.batch_size} needs about {memory.format_bytes(need)}, {memory.format_bytes(offered)} is available "
             f"({memory.HEADROOM:.0%} of it usable); allow fewer blocks, narrower widths or smaller batches"
         )
+
+
+def check_batches(space: Space, data: str) -> None:
+    """Refuse (UserError) a space whose batch could be larger than the training split of ``data``:
+    such a trial would take no step at all."""
+    from cerberus import data as datasets
+
+    batches = space.recipe["batch_size"].values() if "batch_size" in space.recipe else [Recipe.batch_size]
+    train = datasets.TRAIN_SIZE[data] - datasets.VAL_SIZE[data]
+    if max(batches) > train:  # type: ignore[operator]
+        raise UserError(f"{space.path}: [recipe] batch_size {max(batches):,} is larger than the {train:,} training "
+                        f"images of --data {data}; allow smaller batches")
 
 
 def enqueue(study: optuna.Study, space: Space, config: Config, label: str) -> bool:

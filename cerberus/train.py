@@ -1,446 +1,337 @@
-"""Train one Config on tensors and score it, knowing nothing of Optuna.
+"""The final models: one configuration retrained on the whole training set, scored on the test set.
 
-:class:`Fit` is an iterator of epochs that the caller's loop owns: ``with Fit(config, train,
-val, device) as fit: for epoch in fit: ...`` trains ``ResNet(config.arch)`` with
-``config.recipe``, one :class:`Epoch` (its validation accuracy, its wall time) per step of the
-loop. The caller prunes by leaving the loop, scores or saves the model (``fit.trainer``) inside
-it or after it, and reads the summary from :meth:`Fit.result`. A loss that turns NaN or
-infinite ends the iteration with an epoch marked ``diverged``. With ``val=None`` nothing is
-evaluated (the final retraining on train + validation) and each epoch's accuracy is None.
+This is ``cerberus-search train`` (:func:`command`), and the only code that reads the test set.
+Contract of :func:`run`:
 
-:meth:`Fit.state` is everything a checkpoint needs (weights, optimizer, schedule, the random
-generators of the CPU and of the fit's own device, the validation history) in tensors and
-plain numbers; :meth:`Fit.restore` takes it back before the loop, whose first epochs are then
-the restored ones (``restored=True``, not trained again), so a fresh Optuna trial sees the
-whole curve. Where the state is kept is the caller's (:mod:`cerberus.checkpoint`).
+* The configuration comes from a trial of a study (its ``config`` user attribute,
+  :func:`from_trial`) or from a JSON file (:func:`from_file`); everything about it, the
+  output folder included (:func:`check_out`), is checked before any data is read.
+* Both datasets are read once, before any training: the training set whole (train +
+  validation, ``data.train_split``) and the test set (``data.test_split``), so a missing or
+  corrupt test batch is reported before hours of training, not after.
+* Seed ``s`` (``s = 0 .. seeds-1``) trains ``ResNet(config.arch)`` with ``config.recipe``
+  from ``torch.manual_seed(s)``, with no evaluation during training, and is scored on the
+  test set once, after its last epoch (with the recipe's flip TTA). Its weights are written
+  to ``OUT/seed-<s>.pt`` (a CPU state dict) as soon as it is scored.
+* After the last seed, ``OUT/config.json`` (the configuration trained, ``--epochs`` applied)
+  and then ``OUT/metrics.json`` are written, each atomically: a run stopped midway leaves no
+  ``metrics.json``, so a folder that holds one holds a finished result, and ``train`` refuses
+  to write over it.
+* With a trial, the study records the result for that trial (:func:`record`): Optuna 5
+  refuses to change a finished trial's attributes, so they are *study* user attributes keyed
+  by the trial number, read back by :func:`stored_result`.
 
-``progress`` (a :class:`Progress`) is where the loop keeps its epoch, step and timings for
-other threads to watch, in plain Python numbers, so watching adds no host sync.
-
-The training step lives in :class:`Trainer`, which ``Fit`` and ``cerberus.bench`` both drive,
-so the benchmark times exactly the step a trial runs. Both splits move to the device once (as
-uint8); batches are sliced, normalised and augmented there in a few batched operations. The
-step computes in ``precision`` (:mod:`cerberus.precision`; by default bf16 autocast with
-channels-last memory on CUDA and on a CPU with native bf16, fp32 elsewhere); CUDA adds cudnn
-autotuning and fused optimizers. The loss is summed on the device and read once per epoch, so
-the epoch has no host sync. ``compile=True`` runs the training forward through ``torch.compile``;
-``cuda_graph=True`` records the step's augmentation, forward, backward and clipping as a CUDA
-graph after three eager steps and replays it (:mod:`cerberus.graph`; the optimizer and the
-schedule run outside it, so the learning rate can change every step).
-
-Nothing of a fit outlives its ``with`` block: the model, optimizer and device splits are
-unreachable after it, and it collects them (and empties the CUDA cache) on the way out.
+A seed whose loss turns NaN or infinite is not scored (``diverged``, no weights); the mean and
+the sample standard deviation (n - 1; null for a single scored seed) are over the scored seeds.
 """
 
 from __future__ import annotations
 
-import gc
-import math
-import time
-import weakref
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import dataclasses
+import io
+import json
+import os
+import statistics
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
-import torch.nn.functional as F
 
-from cerberus import augment
-from cerberus import graph as graphs
-from cerberus.config import EVAL_BATCH, NUM_CLASSES, STATS_CHUNK, Config, Recipe
-from cerberus.data import Split
-from cerberus.model import ResNet
+from cerberus import data as datasets
+from cerberus import outfile
+from cerberus.config import Config, read_configs
+from cerberus.errors import UserError, positive
+from cerberus import size as sizes
 from cerberus.precision import Precision, choose
+from cerberus.reporter import Ticker, duration, interval_seconds
+from cerberus.space import replace_epochs
+from cerberus.devices import device_name
+from cerberus.fit import Fit, Tally
+
+METRICS, CONFIG = "metrics.json", "config.json"
+# Study user attributes holding a trial's final result; the key is "<name>:<trial number>".
+STUDY_ATTRS = ("test_accuracy", "test_accuracy_std", "test_seeds", "test_epochs")
 
 
 @dataclass(frozen=True)
-class Epoch:
-    number: int  # 1-based
-    val_accuracy: float | None  # None without a validation split, or when the loss diverged
-    seconds: float | None = None  # wall time since the fit began at this epoch's end; None when restored
-    restored: bool = False  # read back from a checkpoint, not trained by this fit
-    diverged: bool = False  # the loss became NaN or infinite in this epoch: the last one yielded
+class Source:
+    """The configuration to retrain and where it came from (a trial, or a file)."""
+
+    config: Config
+    study: str | None = None
+    trial: int | None = None
+    val_accuracy: float | None = None  # the trial's validation accuracy, when it completed
+    config_file: str | None = None
 
 
 @dataclass(frozen=True)
-class Result:
-    val_accuracy: float  # after the last epoch run (0.0 without a validation split)
-    epochs: int  # epochs run, restored ones included
-    train_seconds: float  # wall time of the whole fit, evaluation included
-    images_per_s: float  # training images per second of training steps
-    step_seconds: float = 0.0  # the training steps alone (no evaluation, no set-up), restored epochs' included
-    history: list[float] = field(default_factory=list)  # validation accuracy per epoch
-    # wall time since the fit began at the end of each epoch it trained (restored ones have none), its evaluation included
-    epoch_seconds: list[float] = field(default_factory=list)
-    diverged: bool = False  # the loss became NaN or infinite
-    resumed_epochs: int = 0  # epochs restored from a checkpoint rather than trained here
-    first_step_seconds: float = 0.0  # the first step this fit ran (autotuning, compilation): not in step_seconds
-    captured: bool = False  # its steps replayed a CUDA graph (cuda_graph=True on CUDA, recorded without error)
+class Options:
+    seeds: int
+    device: torch.device
+    data: str
+    data_dir: str | None
+    out: Path
+    storage: str | None = None  # recorded in metrics.json with the study
+    precision: str = "auto"  # cerberus.precision.PRECISIONS
+    cuda_graph: bool = False  # record each seed's step as a CUDA graph (cerberus.graph)
 
 
-@dataclass
-class Progress:
-    """Where a fit is, for other threads to read while it trains (a live line, a log timer).
+def from_trial(study: optuna.Study, number: int) -> Source:
+    """Trial ``number``'s configuration; a trial that does not exist or has none is refused."""
+    trials = study.get_trials(deepcopy=False)
+    match = [t for t in trials if t.number == number]
+    if not match:
+        span = f"trials 0..{len(trials) - 1}" if trials else "no trials"
+        raise UserError(f"--trial {number}: study {study.study_name!r} has no such trial ({span})")
+    trial = match[0]
+    if "config" not in trial.user_attrs:
+        raise UserError(f"--trial {number} ({trial.state.name}) has no configuration: it never started sampling; "
+                        f"choose a trial that `cerberus-search best` lists")
+    try:
+        config = Config.from_dict(trial.user_attrs["config"])
+    except (ValueError, TypeError) as e:
+        raise UserError(f"--trial {number}: its stored configuration is not valid ({e})") from None
+    # values[0], validation accuracy, is every cerberus study's first objective (a study of two has no .value)
+    value = trial.values[0] if trial.state == optuna.trial.TrialState.COMPLETE else None
+    return Source(config, study=study.study_name, trial=number, val_accuracy=value)
 
-    ``Fit`` writes it from its own loop with Python integers and ``time.perf_counter()`` only,
-    never from a device tensor, so reading it adds no host sync to a CUDA step. On CUDA the host
-    runs a few steps ahead of the device (kernel launches queue), so ``step`` counts steps
-    launched; the epoch's one sync (its loss read) brings the two together at every epoch end.
-    Fields are written one at a time and read without a lock: each is current or a moment old,
-    so a reader may briefly pair a new epoch with the last step of the one before.
 
-    ``epoch`` is the running epoch (1-based), or the last one after it ended; ``step`` counts
-    the steps launched in it.
+def from_file(path: Path) -> Source:
+    """A configuration from JSON: a Config object (``config.json``, ``Config.to_json``), a row of
+    ``best --json`` (an object whose ``config`` is one), or that command's list holding one row."""
+    configs = read_configs(path, "--config")
+    if len(configs) != 1:
+        raise UserError(f"--config {path} holds a list of {len(configs)} rows; keep one row of `best --json` "
+                        f"(or one Config object)")
+    config = configs[0]
+    return Source(config, config_file=str(path))
+
+
+def default_out(artifacts: Path, source: Source) -> Path:
+    """``<study folder>/final/trial-<N>`` for a trial, ``.../final/<file stem>`` for a file, so
+    the winner and the seed recipe's comparison row sit side by side and neither overwrites the other."""
+    name = f"trial-{source.trial}" if source.trial is not None else Path(source.config_file or "config").stem
+    return artifacts / "final" / name
+
+
+def check_out(out: Path) -> None:
+    """Refuse a folder that holds a finished result, is a file, or cannot be created or written."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    if (out / METRICS).exists():
+        raise UserError(f"--out {out} already holds a finished result ({METRICS}); give another --out or delete it")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"--out {out}: cannot write to {existing}; choose another --out")
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    seed: int
+    test_accuracy: float | None  # None: the loss diverged and the model was not scored
+    train_seconds: float
+    images_per_s: float
+    epochs: int
+    weights: str | None  # file name inside OUT
+    cuda_graph: bool = False  # its steps replayed a CUDA graph (train --cuda-graph on CUDA, recorded without error)
+
+
+def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], None],
+        stop: threading.Event | None = None) -> dict[str, Any]:
+    """Retrain ``source.config`` (with ``epochs`` if given) for each seed, write OUT, return metrics.
+
+    ``say`` gets the progress lines: one as each seed starts and ends, one at each epoch's end
+    (speed, the seed's time left and, after the first seed, the whole command's), and one more
+    whenever :func:`cerberus.reporter.interval_seconds` pass within an epoch with nothing said.
+    ``stop`` (the Ctrl-C flag) is checked between seeds, where a KeyboardInterrupt swallowed by a
+    finaliser during cleanup would otherwise go unnoticed.
     """
-
-    epochs: int = 0  # epochs the fit runs in all, restored ones included
-    steps_per_epoch: int = 0
-    batch: int = 0  # images per step
-    epoch: int = 0
-    step: int = 0
-    resumed: int = 0  # epochs restored from a checkpoint, not trained by this fit
-    trained_steps: int = 0  # steps launched by this fit, every epoch
-    step_seconds: float = 0.0  # this fit's training steps in the epochs it finished
-    started: float | None = None  # perf_counter when this fit's first epoch started
-    epoch_started: float | None = None  # perf_counter when the running epoch started; None between epochs
-
-    def images_per_s(self, now: float | None = None) -> float | None:
-        """Training images per second of this fit's steps (evaluation excluded); None before any step."""
-        now = time.perf_counter() if now is None else now
-        seconds = self.step_seconds + (now - self.epoch_started if self.epoch_started is not None else 0.0)
-        return self.trained_steps * self.batch / seconds if self.trained_steps and seconds > 0 else None
-
-    def seconds_left(self, now: float | None = None) -> float | None:
-        """The fit's remaining steps at its wall time per step so far (set-up excluded,
-        evaluations included once one has run); None before any step."""
-        if not self.trained_steps or self.started is None:
-            return None
-        now = time.perf_counter() if now is None else now
-        left = (self.epochs - self.epoch) * self.steps_per_epoch + max(self.steps_per_epoch - self.step, 0)
-        return left * (now - self.started) / self.trained_steps
+    config = replace_epochs(source.config, epochs)
+    train, test = datasets.train_split(opts.data, opts.data_dir), datasets.test_split(opts.data, opts.data_dir)
+    if config.recipe.batch_size > len(train):
+        raise UserError(f"the configuration's batch_size {config.recipe.batch_size:,} is larger than the {len(train):,} "
+                        f"training images of --data {opts.data}; give a configuration with a smaller batch")
+    what = f"trial {source.trial} of study {source.study!r}" if source.trial is not None else source.config_file
+    say(f"train: {what}, {opts.seeds} seed(s), {opts.data} train + validation, test set scored once per seed, "
+        f"into {opts.out}")
+    precision = choose(opts.device, opts.precision)
+    results: list[SeedResult] = []
+    for seed in range(opts.seeds):
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
+        say(f"seed {seed} ({seed + 1} of {opts.seeds}): training {config.recipe.epochs} epoch(s) on {len(train):,} images "
+            f"({opts.device}, {precision.name}){_eta(results, opts.seeds - seed)}")
+        results.append(_one_seed(config, train, test, seed, opts, precision, _SeedWatch(seed, opts.seeds, results, say)))
+        r = results[-1]
+        scored = "diverged, not scored" if r.test_accuracy is None else f"test accuracy {r.test_accuracy:.4f}"
+        say(f"seed {seed} ({seed + 1} of {opts.seeds}): {scored}, {r.train_seconds:.1f} s")
+    metrics = _metrics(source, config, results, opts, precision, len(train), len(test))
+    _write(opts.out / CONFIG, config.to_json(indent=2).encode())
+    _write(opts.out / METRICS, json.dumps(metrics, indent=2).encode())
+    return metrics
 
 
-class Trainer:
-    """A fresh ``ResNet(config.arch)``, its optimizer and schedule, and ``train`` on ``device``.
+def command(trial: int | None, config: str | None, study: str, storage: str, epochs: int | None, seeds: int,
+            out: Path | None, device: str, data: str, data_dir: Path | None, precision: str, cuda_graph: bool,
+            as_json: bool) -> int:
+    """The whole ``train`` command: check everything, retrain, record, print; its exit code
+    (1 when no seed was scored). Progress goes to stderr, the result to stdout."""
+    from cerberus import launch, shipped
+    from cerberus import signals
+    from cerberus import storage as stores
+    from cerberus.devices import resolve_device
+    from cerberus.precision import check_precision
 
-    ``batches()`` yields the indices of one epoch's full batches in random order (the ragged
-    last batch is dropped, as BatchNorm likes); ``step(idx)`` is one optimisation step on the
-    images at ``idx`` and returns the loss as a device tensor, so reading it is a host sync the
-    caller decides on. The schedule spans ``total_steps`` steps (default: the recipe's epochs).
-    """
-
-    def __init__(self, config: Config, train: Split, device: torch.device, total_steps: int | None = None,
-                 compile: bool = False, precision: Precision | None = None, cuda_graph: bool = False) -> None:
-        cuda = device.type == "cuda"
-        if cuda:
-            torch.backends.cudnn.benchmark = True
-        self.recipe = config.recipe
-        self.precision = precision or choose(device)
-        self.model = ResNet(config.arch).to(device, memory_format=self.precision.memory_format)
-        # Only the training forward is compiled: evaluation (other mode, other batch sizes)
-        # would recompile, and it is a small share of a trial.
-        self.forward = torch.compile(self.model) if compile else self.model
-        self.mean, self.std = (t.to(device) for t in _stats(train.images))  # the host split's: once per search
-        self.train = train.to(device)
-        self.batch = min(self.recipe.batch_size, len(train))
-        self.steps_per_epoch = len(train) // self.batch
-        self.optimizer = _optimizer(self.model, self.recipe, fused=cuda)
-        total = self.steps_per_epoch * self.recipe.epochs if total_steps is None else total_steps
-        self.scheduler = _scheduler(self.optimizer, self.recipe, total)
-        self.eye = torch.eye(NUM_CLASSES, device=device)
-        self.clip = Clip(list(self.model.parameters()), self.recipe.agc_clip) if self.recipe.optimizer == "adadelta_agc" else NoClip()
-        self.run = graphs.wrap(self._compute, device, cuda_graph)
-
-    def batches(self) -> Iterator[torch.Tensor]:
-        order = torch.randperm(len(self.train), device=self.train.labels.device)
-        for s in range(self.steps_per_epoch):
-            yield order[s * self.batch : (s + 1) * self.batch]
-
-    def step(self, idx: torch.Tensor) -> torch.Tensor:
-        loss = self.run(idx)  # as it is, or replayed as a CUDA graph (cuda_graph=True on CUDA)
-        self.optimizer.step()  # outside the graph: the schedule changes its learning rate every step
-        self.scheduler.step()
-        return loss
-
-    def _compute(self, idx: torch.Tensor) -> torch.Tensor:
-        """Augmentation, forward, backward and clipping of one batch: the part of a step with
-        fixed shapes and no host read, which a CUDA graph records (:mod:`cerberus.graph`)."""
-        recipe, train = self.recipe, self.train
-        x, y = augment.apply(train.images[idx].float() / 255, self.eye[train.labels[idx]], recipe.augment,
-                             self.mean, self.std)
-        with self.precision.autocast(cache=False):  # a graph cannot hold autocast's cache of casts
-            logits = self.forward(x.contiguous(memory_format=self.precision.memory_format))
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.clip()
-        return loss.detach()
-
-    def evaluate(self, split: Split) -> float:
-        """Accuracy on ``split`` (moved to the device here), with the recipe's flip TTA."""
-        return evaluate(self.model, split.to(self.eye.device), self.mean, self.std, self.precision, self.recipe.tta_flip)
-
-
-class Fit:
-    """The epochs of one training run, as an iterator; see the module docstring."""
-
-    def __init__(self, config: Config, train: Split, val: Split | None, device: torch.device,
-                 seed: int | None = None, compile: bool = False, precision: Precision | None = None,
-                 progress: Progress | None = None, cuda_graph: bool = False) -> None:
-        if seed is not None:
-            torch.manual_seed(seed)
-        self.config, self.device, self.compiled = config, device, compile
-        self.trainer = Trainer(config, train, device, compile=compile, precision=precision or choose(device),
-                               cuda_graph=cuda_graph)
-        self.val = None if val is None else val.to(device)
-        self.started = time.perf_counter()  # train_seconds counts from here: set-up excluded
-        self.progress = Progress() if progress is None else progress
-        self.history: list[float] = []  # validation accuracy per epoch, restored ones first
-        self.clock: list[float] = []  # Result.epoch_seconds
-        self.step_seconds, self.epochs, self.resumed_epochs, self.diverged = 0.0, 0, 0, False
-        self.first_step_seconds: float | None = None  # the fit's first step, not in step_seconds
-        self._restored: list[float] = []
-
-    def __enter__(self) -> Fit:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.trainer = self.val = None  # type: ignore[assignment]
-        release(self.device, compiled=self.compiled)
-
-    def state(self) -> dict[str, Any]:
-        """The state after the last epoch, in tensors and plain numbers (``torch.load`` with
-        ``weights_only=True`` reads it back): what :meth:`restore` needs to go on from there."""
-        t = self.trainer
-        return {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
-                "history": list(self.history), "step_seconds": self.step_seconds, "rng": rng_state(self.device)}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Go on from ``state`` (:meth:`state` of an earlier fit of the same configuration):
-        its epochs come first out of the iterator, marked ``restored``."""
-        t = self.trainer
-        t.model.load_state_dict(state["model"])
-        t.optimizer.load_state_dict(state["optimizer"])
-        t.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], self.device)
-        self.step_seconds, self._restored = float(state["step_seconds"]), [float(a) for a in state["history"]]
-        self.epochs = self.resumed_epochs = len(self._restored)
-        self.history = list(self._restored)
-
-    def __iter__(self) -> Iterator[Epoch]:
-        p, recipe = self.progress, self.config.recipe
-        p.epochs, p.steps_per_epoch, p.batch = recipe.epochs, self.trainer.steps_per_epoch, self.trainer.batch
-        p.epoch = p.resumed = self.resumed_epochs  # set before the restored epochs are yielded
-        p.step = self.trainer.steps_per_epoch if self.resumed_epochs else 0
-        for number, accuracy in enumerate(self._restored, 1):
-            yield Epoch(number, accuracy, restored=True)
-        while self.epochs < recipe.epochs:
-            if not self._train_epoch():
-                self.diverged = True
-                yield Epoch(self.epochs + 1, None, time.perf_counter() - self.started, diverged=True)
-                return
-            self.epochs += 1
-            accuracy = None if self.val is None else self.trainer.evaluate(self.val)
-            if accuracy is not None:
-                self.history.append(accuracy)
-            self.clock.append(time.perf_counter() - self.started)
-            yield Epoch(self.epochs, accuracy, self.clock[-1])
-
-    def _train_epoch(self) -> bool:
-        """One epoch of steps; whether its loss stayed finite (read once, the epoch's one sync)."""
-        p, trainer = self.progress, self.trainer
-        trainer.model.train()
-        t0 = time.perf_counter()
-        p.started = t0 if p.started is None else p.started
-        p.step, p.epoch_started, p.epoch = 0, t0, self.epochs + 1
-        loss_sum = torch.zeros((), device=self.device)
-        first = 0.0
-        for idx in trainer.batches():
-            loss_sum += trainer.step(idx)
-            p.step += 1  # host-side counters only: reading them never waits for the device
-            p.trained_steps += 1
-            if self.first_step_seconds is None:  # autotuning, compilation, allocation: timed apart
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                first = self.first_step_seconds = time.perf_counter() - t0
-        if not math.isfinite(loss_sum.item()):
-            return False
-        seconds = time.perf_counter() - t0
-        self.step_seconds += seconds - first
-        p.step_seconds, p.epoch_started = p.step_seconds + seconds, None
-        return True
-
-    def result(self) -> Result:
-        """What the fit did so far: the epochs it ran (restored ones included) and their timings."""
-        steps = self.epochs * self.progress.steps_per_epoch - (self.first_step_seconds is not None)
-        images = steps * self.progress.batch
-        return Result(
-            val_accuracy=self.history[-1] if self.history else 0.0, epochs=self.epochs,
-            train_seconds=time.perf_counter() - self.started,
-            images_per_s=images / self.step_seconds if self.step_seconds else 0.0,
-            step_seconds=self.step_seconds, history=list(self.history), epoch_seconds=list(self.clock),
-            diverged=self.diverged, resumed_epochs=self.resumed_epochs, first_step_seconds=self.first_step_seconds or 0.0,
-            captured=self.trainer.run.captured)
-
-
-def fit(config: Config, train: Split, val: Split | None, device: torch.device, seed: int | None = None,
-        precision: Precision | None = None) -> Result:
-    """Every epoch of ``config`` and nothing else: :class:`Fit` for a caller with no loop of its own."""
-    with Fit(config, train, val, device, seed=seed, precision=precision) as run:
-        for _ in run:
-            pass
-        return run.result()
-
-
-def release(device: torch.device, compiled: bool = False) -> None:
-    """Free what a finished training run left: cycles, compiled graphs, cached CUDA blocks.
-
-    Dynamo keeps every graph it compiled (and the modules they guard on) and stops compiling a
-    function after a few recompilations, so a search that compiles each trial resets it.
-    """
-    if compiled:
-        torch._dynamo.reset()
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """The random generators a fit draws from: the CPU's, and its own device's only (a
-    checkpoint read on a machine with another number of GPUs restores it to the same place)."""
-    own = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {"cpu": torch.get_rng_state(), "device": own}
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"].cpu())
-    if state.get("device") is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["device"].cpu(), device)
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, split: Split, mean: torch.Tensor, std: torch.Tensor,
-             precision: Precision | None = None, tta_flip: bool = False) -> float:
-    """Accuracy of ``model`` on ``split`` in large batches, in ``precision`` (by default the
-    one :func:`cerberus.precision.choose` picks for the split's device); with ``tta_flip`` each
-    image is scored by the sum of the logits of it and its mirror image."""
-    model.eval()
-    device = split.images.device
-    precision = precision or choose(device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for i in range(0, len(split), EVAL_BATCH):
-        x = ((split.images[i : i + EVAL_BATCH].float() / 255) - mean) / std
-        x = x.contiguous(memory_format=precision.memory_format)
-        with precision.autocast():
-            logits = model(x).float()
-            if tta_flip:
-                logits += model(x.flip(3)).float()
-        correct += (logits.argmax(1) == split.labels[i : i + EVAL_BATCH]).sum()
-    return correct.item() / len(split)
-
-
-_STATS: dict[int, tuple[weakref.ref, tuple[torch.Tensor, torch.Tensor]]] = {}  # id of a split's images -> its statistics
-
-
-def _stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and (sample) std of a uint8 split, in [0, 1] units, shaped to broadcast,
-    on the split's device. Summed in float64 over :data:`cerberus.config.STATS_CHUNK` images
-    at a time (two fp32 temporaries of that many images, not a float copy of the whole split),
-    and kept per split, so a search's trials on the same split compute them once."""
-    known = _STATS.get(id(images))
-    if known is not None and known[0]() is images:
-        return known[1]
-    total = torch.zeros(3, dtype=torch.float64, device=images.device)
-    squares = torch.zeros(3, dtype=torch.float64, device=images.device)
-    for i in range(0, len(images), STATS_CHUNK):
-        x = images[i : i + STATS_CHUNK].float().div_(255)
-        total += x.sum((0, 2, 3), dtype=torch.float64)
-        squares += x.square().sum((0, 2, 3), dtype=torch.float64)
-    n = len(images) * images.shape[2] * images.shape[3]
-    mean = total / n
-    std = ((squares - n * mean.square()) / (n - 1)).clamp_min(0).sqrt()
-    stats = (mean.float().view(1, 3, 1, 1), std.float().view(1, 3, 1, 1))
-    _STATS[id(images)] = (weakref.ref(images), stats)
-    weakref.finalize(images, _STATS.pop, id(images), None)  # forgotten with the split
-    return stats
-
-
-def _optimizer(model: torch.nn.Module, r: Recipe, fused: bool = False) -> torch.optim.Optimizer:
-    """The recipe's optimizer; ``fused`` (set on CUDA) picks the fused kernels where torch has
-    them (SGD, Adam, AdamW), and the multi-tensor (foreach) ones everywhere else: a few
-    operations for all parameters instead of a dozen per tensor (Adadelta's loop was 1,000 a
-    step for ResNet-24)."""
-    params = model.parameters()
-    kernels = dict(fused=True) if fused else dict(foreach=True)
-    if r.optimizer in ("sgd", "nesterov"):
-        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay,
-                               nesterov=r.optimizer == "nesterov" and r.momentum > 0, **kernels)
-    if r.optimizer == "adam":
-        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay, **kernels)
-    if r.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, **kernels)
-    # adadelta, adadelta_agc: torch has no fused Adadelta
-    return torch.optim.Adadelta(params, lr=r.lr, weight_decay=r.weight_decay, foreach=True)
-
-
-def _scheduler(optimizer: torch.optim.Optimizer, r: Recipe, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per batch, so short and long trials follow the same curve. ``r.warmup``
-    (a fraction of the steps) ramps cosine and step schedules up linearly from zero first;
-    one-cycle has its own warm-up and ignores it, and cycles momentum only where the optimizer
-    has one (Adadelta has none)."""
-    if r.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=r.lr, total_steps=max(total_steps, 2),
-                                                   cycle_momentum=not r.optimizer.startswith("adadelta"))
-    warm = r.warmup * total_steps
-    if r.schedule == "step":
-        marks = [m * total_steps for m in r.milestones]
-        decay = lambda t: 0.1 ** sum(t >= m for m in marks)  # noqa: E731
+    if (trial is None) == (config is None):
+        raise UserError("give exactly one of --trial N (a trial of --study) or --config FILE.json")
+    positive("--seeds", seeds)
+    positive("--epochs", epochs)
+    if data not in datasets.DATASETS:
+        raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
+    check_precision(precision)
+    resolved = resolve_device(device)
+    launch.check_graphable(cuda_graph, [resolved])
+    if trial is not None:
+        with stores.read_study(study, storage) as optuna_study:
+            source = from_trial(optuna_study, trial)
     else:
-        decay = lambda t: 0.5 * (1 + math.cos(math.pi * min((t - warm) / max(total_steps - warm, 1), 1)))  # noqa: E731
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: min(1.0, (t + 1) / warm) if t < warm else decay(t))
+        source = from_file(shipped.resolve(config, shipped.CONFIG, "--config"))  # type: ignore[arg-type]
+    out = out or default_out(stores.artifact_dir(storage, study), source)
+    check_out(out)
+    opts = Options(seeds, resolved, data, str(data_dir) if data_dir else None, out, storage, precision, cuda_graph)
+    try:
+        metrics = run(source, epochs, opts, launch.say, signals.STOP)
+    except KeyboardInterrupt:
+        launch.say(f"interrupted ({signals.name()}): nothing recorded ({out / METRICS} not written, the study unchanged); "
+                   f"run the same command to train again from seed 0")
+        return signals.exit_code()
+    if trial is not None:
+        record(optuna.load_study(study_name=study, storage=stores.open_storage(storage)), trial, metrics)
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(result_line(metrics, out))
+    return 1 if metrics["test_accuracy"] is None else 0
 
 
-class Clip:
-    """Adaptive gradient clipping (Brock et al., 2021): per output unit (a row of a weight, an
-    element of a 1-d parameter), scale the gradient by ``min(1, clip * max(||w||, eps) /
-    max(||g||, 1e-6))``.
-
-    A handful of operations for the whole net, whatever its depth: parameters whose rows have
-    the same shape are concatenated (weights and grads together) into one tensor per row shape
-    (8 in ResNet-24), each gives its unit norms in one reduction, the scales are computed once
-    for all units, and one ``_foreach_copy_`` writes every clipped grad back. Every parameter
-    must have a grad when it is called (a ResNet uses all of them).
-    """
-
-    def __init__(self, params: list[torch.nn.Parameter], clip: float, eps: float = 1e-3) -> None:
-        groups: dict[tuple[int, ...], list[torch.nn.Parameter]] = {}
-        for p in params:
-            groups.setdefault(tuple(p.shape[1:]), []).append(p)
-        self.groups = list(groups.values())
-        self.params = [p for group in self.groups for p in group]
-        self.units = [sum(p.shape[0] for p in group) for group in self.groups]
-        device = self.params[0].device
-        # the norms of all groups stand in one vector as [w of group 1, g of group 1, w of group 2, ...]
-        starts = [2 * sum(self.units[:i]) for i in range(len(self.units))]
-        self.w_at = torch.tensor([s + k for s, u in zip(starts, self.units) for k in range(u)], device=device)
-        self.g_at = torch.tensor([s + u + k for s, u in zip(starts, self.units) for k in range(u)], device=device)
-        self.clip, self.eps = clip, eps
-
-    @torch.no_grad()
-    def __call__(self) -> None:
-        both = [torch.cat([*group, *(p.grad for p in group)]) for group in self.groups]
-        norms = torch.cat([t.abs() if t.ndim == 1 else torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim)))
-                           for t in both])
-        scale = (self.clip * norms[self.w_at].clamp_min(self.eps) / norms[self.g_at].clamp_min(1e-6)).clamp_max(1)
-        clipped: list[torch.Tensor] = []
-        for t, s, units, group in zip(both, scale.split(self.units), self.units, self.groups):
-            grads = t[units:] * (s if t.ndim == 1 else s.view(units, *(1,) * (t.ndim - 1)))
-            clipped += grads.split([p.shape[0] for p in group])
-        torch._foreach_copy_([p.grad for p in self.params], clipped)
+def result_line(metrics: dict[str, Any], out: Path) -> str:
+    """The one line ``train`` prints on stdout: the mean test accuracy over the scored seeds."""
+    std, n = metrics["test_accuracy_std"], metrics["test_seeds"]
+    mean = "none scored" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.4f}"
+    spread = f" ± {std:.4f} (sample std, {n} seeds)" if std is not None else f" ({n} seed{'' if n == 1 else 's'})"
+    epochs = metrics["epochs"]
+    return (f"test accuracy {mean}{spread if metrics['test_accuracy'] is not None else ''}, {metrics['params']:,} params, "
+            f"{epochs} epoch{'' if epochs == 1 else 's'}; {out}")
 
 
-class NoClip:
-    """The null object of :class:`Clip`: every recipe but ``adadelta_agc``."""
+def _eta(results: list[SeedResult], left: int) -> str:
+    if not results:
+        return ""
+    seconds = statistics.fmean(r.train_seconds for r in results) * left
+    return f", about {seconds / 60:.0f} min left" if seconds >= 120 else f", about {seconds:.0f} s left"
 
-    def __call__(self) -> None:
-        pass
+
+class _SeedWatch:
+    """The progress lines of one seed, read from its fit's host-side counter (no host sync):
+    :meth:`epoch_end` at each epoch's end, and the ticker's line within an epoch."""
+
+    def __init__(self, seed: int, seeds: int, done: list[SeedResult], say: Callable[[str], None]) -> None:
+        self.seed, self.seeds, self.done, self._say = seed, seeds, list(done), say
+        self.tally = Tally()
+        self.ticker = Ticker(interval_seconds(), self._tick)
+
+    def epoch_end(self) -> None:
+        p = self.tally
+        self._say(f"seed {self.seed} ({self.seed + 1} of {self.seeds}) epoch {p.epoch}/{p.epochs}{self._speed(p)}")
+        self.ticker.touch()
+
+    def _tick(self) -> None:
+        p = self.tally
+        if p.epoch_started is not None:  # within an epoch; the epoch's end has a line of its own
+            self._say(f"seed {self.seed} ({self.seed + 1} of {self.seeds}) epoch {p.epoch}/{p.epochs} "
+                      f"step {p.step}/{p.steps_per_epoch}{self._speed(p)}")
+
+    def _speed(self, p: Tally) -> str:
+        rate, left = p.images_per_s(), p.seconds_left()
+        if rate is None or left is None:
+            return ""
+        text = f": {rate:,.0f} img/s, seed ~{duration(left)} left"
+        if self.done:  # the seeds still to start take as long as the finished ones did, on average
+            later = statistics.fmean(r.train_seconds for r in self.done) * (self.seeds - self.seed - 1)
+            text += f", all seeds ~{duration(left + later)} left"
+        return text
+
+
+def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed: int, opts: Options, precision: Precision,
+              watch: _SeedWatch) -> SeedResult:
+    weights, accuracy = f"seed-{seed}.pt", None
+    with watch.ticker, Fit(config, train, None, opts.device, seed=seed, precision=precision, tally=watch.tally,
+                           cuda_graph=opts.cuda_graph) as fit:
+        for epoch in fit:
+            if not epoch.diverged:
+                watch.epoch_end()
+        if not fit.diverged:
+            accuracy = fit.trainer.evaluate(test)
+            buffer = io.BytesIO()
+            torch.save(fit.trainer.weights(), buffer)
+            _write(opts.out / weights, buffer.getvalue())
+        result = fit.result()
+    return SeedResult(seed, accuracy, result.train_seconds, result.images_per_s, result.epochs,
+                      weights if accuracy is not None else None, result.captured)
+
+
+def _metrics(source: Source, config: Config, results: list[SeedResult], opts: Options, precision: Precision,
+             train_images: int, test_images: int) -> dict[str, Any]:
+    accuracies = [r.test_accuracy for r in results if r.test_accuracy is not None]
+    size = sizes.of(config.arch)
+    return {
+        "test_accuracy": statistics.fmean(accuracies) if accuracies else None,
+        "test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
+        "test_seeds": len(accuracies),
+        "seeds": [dataclasses.asdict(r) for r in results],
+        "params": size.params,
+        "flops": size.flops,
+        "epochs": config.recipe.epochs,
+        "train_seconds": sum(r.train_seconds for r in results),
+        "device": device_name(opts.device),
+        "precision": precision.name,
+        "data": opts.data,
+        "train_images": train_images,
+        "test_images": test_images,
+        "study": source.study,
+        "storage": opts.storage if source.study is not None else None,
+        "trial": source.trial,
+        "val_accuracy": source.val_accuracy,
+        "config_file": source.config_file,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+
+
+def _write(path: Path, content: bytes) -> None:
+    outfile.write_atomic(path, lambda tmp: tmp.write_bytes(content))  # a reader sees the old file or the whole new one
+
+
+def record(study: optuna.Study, trial: int, metrics: dict[str, Any]) -> None:
+    """Store the final result of ``trial`` in the study (nothing when no seed was scored)."""
+    if metrics["test_accuracy"] is None:
+        return
+    values = (metrics["test_accuracy"], metrics["test_accuracy_std"], metrics["test_seeds"], metrics["epochs"])
+    for name, value in zip(STUDY_ATTRS, values):
+        study.set_user_attr(f"{name}:{trial}", value)
+
+
+def stored_result(study: optuna.Study, trial: int) -> dict[str, Any] | None:
+    """What :func:`record` stored for ``trial``: ``test_accuracy`` (the mean over seeds),
+    ``test_accuracy_std``, ``test_seeds``, ``test_epochs``; None if it was never retrained."""
+    attrs = study.user_attrs
+    if f"test_accuracy:{trial}" not in attrs:
+        return None
+    return {name: attrs.get(f"{name}:{trial}") for name in STUDY_ATTRS}

@@ -45,6 +45,11 @@ def end_reason(trial: FrozenTrial) -> str | None:
     return trial.user_attrs.get("reason")
 
 
+def rejected(trial: FrozenTrial) -> bool:
+    """Ended before training: over budget or over memory."""
+    return trial.user_attrs.get("reason") in REJECTED
+
+
 def is_trained(t: FrozenTrial) -> bool:
     return t.state == TrialState.COMPLETE or (t.state == TrialState.PRUNED and t.user_attrs.get("reason") not in REJECTED)
 
@@ -103,3 +108,21 @@ def summary(t: FrozenTrial) -> dict[str, Any]:
         "device": a.get("device"),
         "config": Config.from_dict(a["config"]).to_dict(),
     }
+
+
+class Snapshot:
+    """The study's trials, read once after each finished trial and shared by the callbacks that
+    follow it (through the gRPC proxy every read is a round trip); a callback that writes calls
+    :meth:`changed`, so the next one reads again."""
+
+    def __init__(self) -> None:
+        self.number: int | None = None
+        self.trials: list[FrozenTrial] = []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
+        if self.number != trial.number:
+            self.trials, self.number = study.get_trials(deepcopy=False), trial.number
+        return self.trials
+
+    def changed(self) -> None:
+        self.number = None

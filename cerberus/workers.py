@@ -1,6 +1,6 @@
 """Several workers on one study: each a separate ``cerberus-search worker`` process.
 
-A worker gets its :class:`Job` (the study, the storage, its own :class:`~cerberus.loop.RunOptions`
+A worker gets its :class:`Job` (the study, the storage, its own :class:`~cerberus.search.RunOptions`
 with its device) as one JSON object in the environment variable :data:`JOB_ENV`, joins the
 study through the storage as a worker on another machine would, and searches the space the
 study stores. The parent waits for all of them, passes Ctrl-C on, and exits with the worst code.
@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from cerberus.errors import UserError
-from cerberus.loop import RunOptions
+from cerberus.search import RunOptions
 
 JOB_ENV = "CERBERUS_JOB"
 STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # the exit codes of a run stopped by a signal

@@ -132,3 +132,35 @@ def tiny_splits():
     keep = torch.ones(700, dtype=torch.bool)
     keep[val] = False
     return Split(full.images[keep], full.labels[keep]), Split(full.images[val], full.labels[val])
+
+
+def terminal(*args: str, cwd: Path, columns: int = 80, timeout: float = 120) -> str:
+    """What the command prints on a real terminal (a pty) of ``columns`` columns."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["PYTHONPATH"] = str(ROOT)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its terminal is this many columns wide before anything asks
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+        os.chdir(cwd)
+        os.execve(sys.executable, [sys.executable, "-m", "cerberus", *args], env)
+    out, deadline = b"", time.time() + timeout
+    while time.time() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # the child closed its side
+                break
+            if not chunk:
+                break
+            out += chunk
+    os.waitpid(pid, 0)
+    os.close(fd)
+    return out.decode(errors="replace").replace("\r\n", "\n")

@@ -1,5 +1,4 @@
-"""TrivialAugmentWide on batches: each operation equals torchvision's, the batch op draws them
-uniformly, and the pipeline normalises after it."""
+"""cerberus.augment: each augmentation against its definition, batched on the device with no host sync."""
 
 import math
 
@@ -11,7 +10,7 @@ from torchvision.transforms.v2 import functional as TF
 from cerberus import augment
 from cerberus.config import Arch, Augment, Config, Recipe
 from cerberus.data import Split
-from cerberus.train import Trainer
+from cerberus.fit import Trainer
 
 NEAREST = InterpolationMode.NEAREST
 
@@ -43,6 +42,26 @@ def torchvision_op(image: torch.Tensor, name: str, m: float) -> torch.Tensor:
 def images(n: int) -> torch.Tensor:
     """Smooth random images in [0, 1], so that geometric ops move visible structure."""
     return torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8), size=32, mode="bilinear")
+
+
+def _mixed(x, mx, my):
+    """From labels that name each image (one class per image), each image's partner and the
+    share of itself it kept; and whether its pixels are that mix (mixup) or a box (cutmix)."""
+    kept, partner = my.diagonal(), (my - torch.diag(my.diagonal())).argmax(1)
+    kinds = set()
+    for i in range(len(x)):
+        if partner[i] == i or kept[i] in (0, 1):
+            continue
+        blend = kept[i] * x[i] + (1 - kept[i]) * x[partner[i]]
+        from_partner = (mx[i] == x[partner[i]]).all(0) & (mx[i] != x[i]).any(0)
+        if torch.allclose(mx[i], blend, atol=1e-6):
+            kinds.add("mixup")
+        else:  # a box: every pixel is its own or its partner's, the partner's share as the labels say
+            assert ((mx[i] == x[i]).all(0) | from_partner).all()
+            assert abs(from_partner.float().mean() - (1 - kept[i])) < 1e-6
+            kinds.add("cutmix")
+    return kinds
+
 
 
 @pytest.mark.parametrize("name", augment.TRIVIAL_OPS)
@@ -148,3 +167,29 @@ def test_trivial_augment_is_a_fixed_few_operations_per_batch():
         x = images(n)
         augment.trivial_augment(x)  # the tables are built once per batch shape
         assert opcount.count(lambda: augment.trivial_augment(x)) <= 60
+
+
+def test_augmentations_keep_shape_and_move_pixels():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 32, 32)
+    for out in (augment.crop(x, 4), augment.flip(x), augment.rotate(x, 10), augment.cutout(x, 2, 8)):
+        assert out.shape == x.shape and not torch.equal(out, x)
+    # crop is a pure translation: each output pixel is an input pixel or padding
+    shifted = augment.crop(x, 4)
+    assert set(shifted.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
+    # cutout zeroes at most holes * length^2 pixels per channel, and at least some
+    zeros = (augment.cutout(x, 1, 8)[:, 0] == 0).flatten(1).sum(1)
+    assert zeros.max() <= 64 and zeros.sum() > 0
+
+
+def test_mixing_blends_or_pastes_the_shuffled_batch_as_its_labels_say():
+    n = 32
+    x, y = torch.rand(n, 3, 32, 32), torch.eye(n)
+    for mixup, cutmix, want in ((1.0, 0.0, {"mixup"}), (0.0, 1.0, {"cutmix"}), (1.0, 1.0, {"mixup", "cutmix"})):
+        seen = set()
+        for seed in range(8):
+            torch.manual_seed(seed)
+            mx, my = augment.mix(x, y, mixup, cutmix)
+            assert mx.shape == x.shape and torch.allclose(my.sum(1), torch.ones(n))
+            seen |= _mixed(x, mx, my)
+        assert seen == want, (mixup, cutmix)

@@ -1,15 +1,21 @@
-"""`cerberus-search bench`: the real command, on the CPU, with tiny step counts."""
+"""cerberus.bench and the `bench` command: the figures it promises, its baselines, its operation count."""
 
+import dataclasses
 import json
 
-import optuna
+import pytest
 import torch
+from conftest import cli, refusal, run_cli
 
-from cerberus import bench, space
-from cerberus.config import COURSE
-from conftest import ROOT, cli, refusal, run_cli
+from cerberus import bench, precision
+from cerberus.config import COURSE, Augment, Config
+
+HEAVY = Config(COURSE.arch, dataclasses.replace(COURSE.recipe, optimizer="adadelta_agc", lr=1.0, augment=Augment(
+    crop_padding=4, flip=True, trivial_augment=True, mixup_alpha=0.2, cutmix_alpha=1.0)))
 
 
+
+@pytest.mark.slow
 def test_bench_json_on_cpu_prints_the_promised_figures(tmp_path):
     r = cli("bench", "--device", "cpu", "--steps", "2", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -21,6 +27,7 @@ def test_bench_json_on_cpu_prints_the_promised_figures(tmp_path):
     assert "baseline_images_per_s" not in out and "speedup" not in out
 
 
+@pytest.mark.slow
 def test_baseline_runs_the_course_loop_and_reports_the_ratio(tmp_path, capsys):
     assert run_cli("bench", "--device", "cpu", "--blocks", "1,1", "--channels", "8,16", "--batch-size", "16",
                    "--steps", "3", "--baseline") == 0
@@ -45,12 +52,35 @@ def test_bad_bench_input_is_one_line_and_exit_2(capsys):
         assert words in refusal(capsys, "bench", "--device", "cpu", *args)
 
 
-def test_search_seed_toml_pins_the_course_config_that_bench_and_enqueue_use():
-    pinned = space.load(ROOT / "search" / "seed.toml").sample(optuna.trial.FixedTrial({}))
-    assert pinned == COURSE and bench.COURSE_RECIPE == COURSE.recipe
-
-
+@pytest.mark.slow
 def test_matmul_peak_is_a_positive_rate_in_the_step_dtype():
     for dtype in (torch.float32, torch.bfloat16):
         flops, name = bench.matmul_peak(torch.device("cpu"), dtype)
         assert flops > 1e9 and name == str(dtype).removeprefix("torch.")
+
+
+@pytest.mark.slow
+def test_bench_reports_its_precision_and_measures_mfu_in_that_dtype(capsys):
+    args = ("bench", "--blocks", "1", "--channels", "8", "--device", "cpu", "--steps", "2", "--warmup", "1", "--plain", "--json")
+    assert run_cli(*args, "--precision", "fp32") == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["precision"] == "fp32" and r["peak_dtype"] == "float32" and r["plain_images_per_s"] > 0 and r["speedup_vs_plain"] > 0
+    assert run_cli(*args, "--precision", "bf16") == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["precision"] == "bf16" and r["peak_dtype"] == "bfloat16" and r["mfu"] > 0
+    if precision.cpu_has_native_bf16():  # an emulated bf16 matmul is no peak: oneDNN's convs may beat it
+        assert r["mfu"] < 1
+    assert "--precision 'fp16' is not a precision; allowed: auto, bf16, fp32" in refusal(capsys, *args, "--precision", "fp16")
+
+
+@pytest.mark.slow
+def test_bench_counts_the_operations_of_the_step_it_timed(tmp_path, capsys):
+    config = tmp_path / "heavy.json"
+    config.write_text(HEAVY.to_json())
+    assert run_cli("bench", "--config", str(config), "--steps", "1", "--warmup", "1", "--device", "cpu", "--json") == 0
+    heavy = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert run_cli("bench", "--config", "seed", "--steps", "1", "--warmup", "1", "--device", "cpu", "--json") == 0
+    course = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert heavy["config"]["recipe"]["optimizer"] == "adadelta_agc" and Config.from_dict(course["config"]) == COURSE
+    assert course["aten_ops_per_step"] <= 803  # no higher than before
+    assert heavy["aten_ops_per_step"] <= 1_200  # 2,611 before: per-tensor clipping and Adadelta, TrivialAugment per group

@@ -1,4 +1,4 @@
-"""``dashboard``: the real command on a real study, asked over loopback what a browser would ask."""
+"""cerberus.dashboard: optuna-dashboard on a study, read-only."""
 
 import json
 import signal
@@ -6,7 +6,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from conftest import cli, popen
 
 
@@ -15,6 +14,8 @@ def get(url, method="GET"):
         return json.loads(r.read())
 
 
+
+@pytest.mark.slow
 def test_dashboard_serves_the_study_its_trials_and_their_user_attrs_read_only(smoke_study):
     folder, storage, study = smoke_study
     proc = popen("dashboard", "--study", study, "--storage", storage, "--port", "0", cwd=folder)
@@ -47,6 +48,7 @@ def test_dashboard_serves_the_study_its_trials_and_their_user_attrs_read_only(sm
         proc.communicate()
 
 
+@pytest.mark.slow
 def test_dashboard_of_a_study_that_is_not_there_is_refused(smoke_study):
     folder, storage, _ = smoke_study
     r = cli("dashboard", "--study", "nope", "--storage", storage, "--port", "0", cwd=folder)

@@ -1,5 +1,4 @@
-"""CIFAR-10 as users get it: an existing official-layout folder (no MD5 needed) or torchvision's
-download, served here from a tarball this test writes, over loopback."""
+"""cerberus.data: datasets as uint8 tensors, the honest validation split, and bad files."""
 
 import hashlib
 import http.server
@@ -9,6 +8,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from torchvision.datasets import CIFAR10
@@ -38,6 +38,39 @@ def write_layout(root: Path, per_batch: int = PER_BATCH, test: bool = True, key=
     with open(out / "batches.meta", "wb") as f:
         pickle.dump({"label_names" if key is str else b"label_names": [b"c%d" % i for i in range(10)]}, f, protocol=2)
     return out
+
+
+@pytest.fixture
+def served_archive(tmp_path, monkeypatch):
+    """The layout as torchvision's tarball, on an HTTP server on 127.0.0.1, with torchvision's
+    URL and checksums pointed at it (the real ones name the real archive)."""
+    src = tmp_path / "src"
+    out = write_layout(src)
+    archive = tmp_path / "www" / CIFAR10.filename
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(out, arcname="cifar-10-batches-py")
+    md5 = lambda p: hashlib.md5(Path(p).read_bytes()).hexdigest()  # noqa: E731
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # torchvision drops its first, probing connection early: a broken pipe, no harm
+
+    handler = lambda *a: Quiet(*a, directory=str(archive.parent))  # noqa: E731
+    server = Server(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{server.server_port}/{CIFAR10.filename}")
+    monkeypatch.setattr(CIFAR10, "tgz_md5", md5(archive))
+    monkeypatch.setattr(CIFAR10, "train_list", [[n, md5(out / n)] for n, _ in CIFAR10.train_list])
+    monkeypatch.setattr(CIFAR10, "test_list", [[n, md5(out / n)] for n, _ in CIFAR10.test_list])
+    monkeypatch.setitem(CIFAR10.meta, "md5", md5(out / "batches.meta"))
+    yield server
+    server.shutdown()
+
 
 
 @pytest.mark.parametrize("key", [str, bytes])
@@ -76,38 +109,6 @@ def test_corrupt_batch_is_one_clear_error(tmp_path):
         data.search_splits("cifar10", tmp_path)
 
 
-@pytest.fixture
-def served_archive(tmp_path, monkeypatch):
-    """The layout as torchvision's tarball, on an HTTP server on 127.0.0.1, with torchvision's
-    URL and checksums pointed at it (the real ones name the real archive)."""
-    src = tmp_path / "src"
-    out = write_layout(src)
-    archive = tmp_path / "www" / CIFAR10.filename
-    archive.parent.mkdir()
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(out, arcname="cifar-10-batches-py")
-    md5 = lambda p: hashlib.md5(Path(p).read_bytes()).hexdigest()  # noqa: E731
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    class Server(http.server.ThreadingHTTPServer):
-        def handle_error(self, request, client_address):
-            pass  # torchvision drops its first, probing connection early: a broken pipe, no harm
-
-    handler = lambda *a: Quiet(*a, directory=str(archive.parent))  # noqa: E731
-    server = Server(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{server.server_port}/{CIFAR10.filename}")
-    monkeypatch.setattr(CIFAR10, "tgz_md5", md5(archive))
-    monkeypatch.setattr(CIFAR10, "train_list", [[n, md5(out / n)] for n, _ in CIFAR10.train_list])
-    monkeypatch.setattr(CIFAR10, "test_list", [[n, md5(out / n)] for n, _ in CIFAR10.test_list])
-    monkeypatch.setitem(CIFAR10.meta, "md5", md5(out / "batches.meta"))
-    yield server
-    server.shutdown()
-
-
 def test_downloads_through_torchvision_when_missing(tmp_path, served_archive):
     target = tmp_path / "cache"
     train, val = data.search_splits("cifar10", target)
@@ -128,3 +129,24 @@ def test_synthetic_is_deterministic_and_balanced():
     assert torch.bincount(a.labels).tolist() == [100] * 10
     train, val = data.search_splits("synthetic")
     assert len(val) == 500 and len(train) == 4500
+
+
+@pytest.mark.slow
+def test_the_weakest_smoke_net_learns_synthetic_data_well_above_chance_in_its_one_epoch():
+    """The smoke space's narrowest net at its lowest learning rate, the worst of the 50 runs of
+    benchmarks/smoke_learnability.py (every architecture x 5 seeds): chance is 0.1."""
+    import torch
+
+    from cerberus import shipped
+    from cerberus import space as spaces
+    from cerberus.data import search_splits
+    from cerberus.fit import fit
+
+    space = spaces.load(shipped.resolve("smoke", shipped.SPACE, "--space"))
+    params = {"stages": 1, "widths_1": 8, "skip_kernel": 1, "optimizer": "adamw", "lr": 0.003,
+              "crop_padding": 2, "flip": True}
+    config = space.sample(optuna.trial.FixedTrial(params))
+    assert config.recipe.epochs == 1 and config.arch.widths == (8,)
+    train, val = search_splits("synthetic")
+    for seed in (0, 1):
+        assert fit(config, train, val, torch.device("cpu"), seed=seed).val_accuracy > 0.4

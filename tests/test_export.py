@@ -1,16 +1,19 @@
-"""``export``: one row per trial that pandas reads back as it was written."""
+"""cerberus.export and the `export` command: one row per trial in csv, parquet or json."""
 
 import json
+import shutil
 import sys
 
+import fake_studies
+import optuna
 import pandas as pd
 import pytest
+from conftest import cli, refusal, run_cli
 
-import fake_studies
-from cerberus import export, final
+from cerberus import export
+from cerberus import train as trains
 from cerberus.config import Arch
 from cerberus.trials import end_reason
-from conftest import cli, run_cli
 
 READ = {
     "csv": lambda p: pd.read_csv(p, parse_dates=export.DATES),
@@ -27,8 +30,34 @@ def fake_db(tmp_path_factory):
                fake_studies.trial(26, ending="diverged")]
     url = f"sqlite:///{tmp_path_factory.mktemp('export') / 'fake.db'}"
     study = fake_studies.create(url, "fake", trials)
-    final.record(study, 25, {"test_accuracy": 0.9123, "test_accuracy_std": 0.001, "test_seeds": 3, "epochs": 15})
+    trains.record(study, 25, {"test_accuracy": 0.9123, "test_accuracy_std": 0.001, "test_seeds": 3, "epochs": 15})
     return url, study
+
+
+def _value(x):
+    """A cell as Python: an empty cell is None whatever the format's idea of empty."""
+    return None if pd.isna(x) else x
+
+
+@pytest.fixture
+def finished(smoke_study, tmp_path):
+    """A copy of a finished smoke study: (folder, storage URL, study), its file in WAL mode with
+    no -wal or -shm beside it, as a search leaves it."""
+    folder, storage, study = smoke_study
+    copy = shutil.copytree(folder / "studies", tmp_path / "studies")
+    assert sorted(p.name for p in copy.iterdir() if p.is_file()) == ["smoke.db"]
+    return copy, f"sqlite:///{copy / 'smoke.db'}", study
+
+
+@pytest.fixture
+def plain_optuna(tmp_path):
+    """A study made by plain Optuna, minimising, three trials; (folder, URL)."""
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    study = optuna.create_study(study_name="plain", storage=url, direction="minimize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
+    del study
+    return tmp_path, url
+
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
@@ -54,11 +83,7 @@ def test_export_round_trips_through_pandas(fake_db, tmp_path, fmt):
     assert back["reason"].value_counts().to_dict().keys() >= {"over_budget", "pruned", "diverged", "error", "worker_died"}
 
 
-def _value(x):
-    """A cell as Python: an empty cell is None whatever the format's idea of empty."""
-    return None if pd.isna(x) else x
-
-
+@pytest.mark.slow
 def test_export_of_a_smoke_study_by_the_real_command(smoke_study):
     folder, storage, study = smoke_study
     r = cli("export", "--study", study, "--storage", storage, cwd=folder)
@@ -91,3 +116,24 @@ def test_bad_input_is_one_line_and_exit_2(fake_db, tmp_path, capsys, args, messa
     assert run_cli("export", "--study", "fake", "--storage", url, "--out", str(tmp_path / "t"), *args) == 2
     assert capsys.readouterr().err.startswith(message)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_shows_what_a_plain_optuna_study_holds(plain_optuna, monkeypatch, capsys):
+    folder, url = plain_optuna
+    monkeypatch.chdir(folder)
+    assert run_cli("export", "--storage", url, "--study", "plain", "--out", "t.json") == 0
+    rows = json.loads((folder / "t.json").read_text())
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3 and all(0 <= r["params_x"] <= 1 for r in rows)
+    assert run_cli("studies", "--storage", url, "--json") == 0
+    (row,) = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert row == {"study": "plain", "trials": 3, "complete": 3, "pruned": 0, "failed": 0, "running": 0,
+                   "waiting": 0, "directions": ["minimize"], "cerberus": False}
+
+
+@pytest.mark.slow
+def test_export_takes_its_format_from_the_extension_and_refuses_a_clash(finished, tmp_path, capsys):
+    folder, storage, study = finished
+    assert run_cli("export", "--storage", storage, "--study", study, "--out", str(tmp_path / "x.json")) == 0
+    assert [r["trial"] for r in json.loads((tmp_path / "x.json").read_text())] == [0, 1]
+    err = refusal(capsys, "export", "--storage", storage, "--study", study, "--out", str(tmp_path / "y.json"), "--format", "csv")
+    assert "--format csv contradicts --out" in err and not (tmp_path / "y.json").exists()

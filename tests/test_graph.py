@@ -1,6 +1,4 @@
-"""The CUDA-graph step's logic, with torch.cuda's graph and stream calls replaced by stand-ins
-(this machine has no GPU): warm-up, recording, replay with new indices, and the eager fallback
-when recording fails. That a real graph records this step is for a GPU (benchmarks/gpu_session.sh)."""
+"""cerberus.graph: the training step recorded as a CUDA graph, and its eager fallback."""
 
 import contextlib
 import dataclasses
@@ -12,9 +10,11 @@ import torch
 from cerberus import graph as graphs
 from cerberus.config import COURSE, Arch, Augment, Config
 from cerberus.data import synthetic
-from cerberus.train import Trainer
+from cerberus.fit import Trainer
 
 CPU = torch.device("cpu")
+
+
 CONFIG = Config(Arch((1,), (8,)), dataclasses.replace(COURSE.recipe, batch_size=32, augment=Augment(
     crop_padding=4, flip=True, trivial_augment=True, mixup_alpha=0.2, cutmix_alpha=1.0)))
 
@@ -70,6 +70,7 @@ def _losses(trainer, steps):
 def _graphed(trainer, out=None):
     trainer.run = graphs.Graphed(trainer._compute, CPU, out=out)
     return trainer.run
+
 
 
 def test_a_graphed_step_warms_up_records_once_and_replays_with_each_new_batch(monkeypatch):

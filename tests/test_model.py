@@ -1,3 +1,5 @@
+"""cerberus.model: the ResNet family, and its meta-device oracle."""
+
 import random
 
 import pytest
@@ -14,13 +16,6 @@ def real_params(arch: Arch) -> int:
     return sum(p.numel() for p in ResNet(arch).parameters())
 
 
-def test_seed_resnet24_is_exactly_the_course_projects_size():
-    assert measure(SEED).params == 4_918_602
-    assert real_params(SEED) == 4_918_602
-    assert measure(Arch((3, 5, 3), (64, 128, 256), skip_kernel=3)).params == 5_246_282
-    assert SEED.depth == 24
-
-
 def random_arch(rng: random.Random) -> Arch:
     stages = rng.randint(1, 5)
     conv = rng.choice([1, 3, 5])
@@ -34,6 +29,15 @@ def random_arch(rng: random.Random) -> Arch:
     )
 
 
+
+def test_seed_resnet24_is_exactly_the_course_projects_size():
+    assert measure(SEED).params == 4_918_602
+    assert real_params(SEED) == 4_918_602
+    assert measure(Arch((3, 5, 3), (64, 128, 256), skip_kernel=3)).params == 5_246_282
+    assert SEED.depth == 24
+
+
+@pytest.mark.slow
 def test_measure_equals_the_real_module_on_many_random_architectures():
     rng = random.Random(0)
     for _ in range(40):

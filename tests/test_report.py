@@ -1,18 +1,21 @@
-"""``report``: the page a person opens, in a real headless Chromium, and the cases it must survive."""
+"""cerberus.report and the `report` command: the study on one HTML page."""
 
 import json
 import re
 import struct
 
-import optuna
-import pytest
-
 import chromium
 import fake_studies
-from cerberus import report
+import optuna
+import pytest
 from conftest import cli, refusal
 
+from cerberus import report
+from cerberus import trials as records
+
 PLOTS = ("history", "pareto", "importances", "parallel", "curves", "timeline")
+
+
 # Per plot: its size, whether plotly drew its SVG, its traces and the marks (lines, points, bars) in them.
 MEASURE = """Array.from(document.querySelectorAll('.plot .js-plotly-plot')).map(d => {
     const box = d.getBoundingClientRect();
@@ -27,6 +30,31 @@ def memory_study(trials):
     return study
 
 
+def pareto_figure(html):
+    """The accuracy-vs-parameters figure's traces, as plotly's ``to_html`` embeds them."""
+    text = html[html.index('"plot-pareto",'):]
+    return {"data": json.JSONDecoder().raw_decode(text[text.index("["):])[0]}
+
+
+
+def test_report_and_export_count_over_memory_as_a_rejection():
+    import re
+
+    import fake_studies
+
+    from cerberus import export, report
+
+    trials = [fake_studies.trial(n, ending=e) for n, e in enumerate(("complete", "complete", "over_budget", "over_budget"))]
+    trials[3].user_attrs["reason"] = "over_memory"
+    study = optuna.create_study(direction="maximize")
+    study.add_trials(trials)
+    assert [records.is_trained(t) for t in study.trials] == [True, True, False, False]
+    counts = dict(re.findall(r"<tr><th>([^<]+)</th><td>([\d,]+)</td></tr>", report.render(study)))
+    assert counts["pruned: over memory (never trained)"] == counts["pruned: over budget (never trained)"] == "1"
+    assert list(export.frame(study)["reason"])[2:] == ["over_budget", "over_memory"]
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(chromium.find() is None, reason="Debian's chromium is not installed (.ci/run installs it): the report is not opened in a browser")
 def test_report_of_a_smoke_study_renders_in_headless_chromium(smoke_study):
     folder, storage, study = smoke_study
@@ -79,12 +107,6 @@ def test_the_counts_best_table_budget_and_reference_net_of_a_larger_study():
         assert f"<h2>{section}</h2><p class=\"caption\">" in html  # drawn, not replaced by a note
 
 
-def pareto_figure(html):
-    """The accuracy-vs-parameters figure's traces, as plotly's ``to_html`` embeds them."""
-    text = html[html.index('"plot-pareto",'):]
-    return {"data": json.JSONDecoder().raw_decode(text[text.index("["):])[0]}
-
-
 def test_the_pareto_front_is_the_best_at_or_under_each_size():
     trials = [t for t in memory_study(fake_studies.search(80, seed=5, archs=12)).trials if t.state.name == "COMPLETE"]
     front = report._pareto(trials)
@@ -116,6 +138,7 @@ def test_an_unrecorded_budget_is_shown_as_the_default():
     assert "budget 5,000,000 (the default; not recorded)" in names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (("--study", "nope"), "no study named 'nope' in sqlite:///studies/smoke.db; studies there: demo"),
     (("--out", "search"), "--out search is a folder; give a file name"),

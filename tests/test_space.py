@@ -1,14 +1,16 @@
+"""cerberus.space: space files parsed, validated and sampled."""
+
 import warnings
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import ROOT, refusal
 
+from cerberus import bench, space
 from cerberus import space as spaces
-from cerberus.config import COURSE, Arch, Augment, Config, Recipe
+from cerberus.config import COURSE, MAX_BLOCKS, Arch, Augment, Config, Recipe
 from cerberus.errors import UserError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def sample(space: spaces.Space, n: int, seed: int = 0) -> list[Config]:
@@ -16,19 +18,75 @@ def sample(space: spaces.Space, n: int, seed: int = 0) -> list[Config]:
     return [space.sample(study.ask()) for _ in range(n)]
 
 
-def test_config_round_trips_through_json():
-    for config in sample(spaces.load(ROOT / "search/default.toml"), 50):
-        assert Config.from_json(config.to_json()) == config
+CONDITIONAL = """[arch]
+stages = 1
+blocks = 1
+widths = 8
+[recipe]
+optimizer = ["sgd", "nesterov", "adamw", "adadelta_agc"]
+momentum = { low = 0.8, high = 0.95 }
+schedule = ["cosine", "step", "onecycle"]
+milestones = [[0.5, 0.75], [0.3, 0.6]]
+agc_clip = [0.01, 0.02]
+warmup = [0.0, 0.1]
+[augment]
+cutout_holes = [0, 1]
+cutout_length = [8, 16]
+"""
 
 
-def test_config_json_refuses_unknown_keys_and_wrong_types():
-    good = Config(Arch((1,), (8,)), Recipe()).to_dict()
-    with pytest.raises(ValueError, match="unknown key 'depth'"):
-        Config.from_dict({**good, "arch": {**good["arch"], "depth": 3}})
-    with pytest.raises(ValueError, match="expected an integer"):
-        Config.from_dict({**good, "arch": {**good["arch"], "pool": "global"}})
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    return path
 
 
+BASE = '[arch]\nstages = 2\nblocks = 1\nwidths = 8\n'
+
+
+
+def test_search_seed_toml_pins_the_course_config_that_bench_and_enqueue_use():
+    pinned = space.load(ROOT / "search" / "seed.toml").sample(optuna.trial.FixedTrial({}))
+    assert pinned == COURSE and bench.COURSE_RECIPE == COURSE.recipe
+
+
+def test_a_space_that_could_be_too_deep_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("[arch]\nstages = [2, 3]\nblocks = { low = 1, high = 100000 }\nblocks_3 = [1, 400]\nwidths = 8\n")
+    err = refusal(capsys, "run", "--space", str(deep), "--data", "synthetic", "--device", "cpu")
+    assert "[arch] blocks: up to 200,400 blocks in all (100000+100000+400 over 3 stage(s))" in err
+    assert f"more than the {MAX_BLOCKS:,} cerberus builds" in err and not (tmp_path / "studies").exists()
+    edge = tmp_path / "edge.toml"  # the largest value of a stepped range is on its grid, not its high end
+    edge.write_text(f"[arch]\nstages = 2\nblocks = {{ low = 2, high = {MAX_BLOCKS // 2 + 1}, step = 2 }}\nwidths = 8\n")
+    assert spaces.load(edge).arch["blocks"].high == MAX_BLOCKS // 2 + 1  # 2, 4, .. 500: 1,000 blocks at most
+    edge.write_text(f"[arch]\nstages = 2\nblocks = {{ low = 1, high = {MAX_BLOCKS // 2 + 1}, step = 2 }}\nwidths = 8\n")
+    assert f"up to {MAX_BLOCKS + 2:,} blocks in all" in refusal(capsys, "run", "--space", str(edge), "--data", "synthetic")
+
+
+def test_params_for_refuses_what_a_space_cannot_express():
+    space = spaces.load(ROOT / "search" / "default.toml")
+    import dataclasses
+
+    far = dataclasses.replace(COURSE, recipe=dataclasses.replace(COURSE.recipe, lr=50.0))
+    with pytest.raises(UserError, match="lr = 50.0, the space allows"):
+        space.params_for(far)
+    momentum_unused = dataclasses.replace(COURSE, recipe=dataclasses.replace(COURSE.recipe, optimizer="adamw", momentum=0.1))
+    assert space.params_for(momentum_unused)["optimizer"] == "adamw"  # a key that does not act is no obstacle
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "{ low = 1e-3, high = inf }", "[0.1, nan]"])
+def test_a_space_with_an_infinite_or_nan_number_is_refused_when_read(tmp_path, value):
+    from cerberus import space as spaces
+    from cerberus.errors import UserError
+
+    path = tmp_path / "s.toml"
+    path.write_text(f"[arch]\nstages = 1\nblocks = 1\nwidths = 8\n[recipe]\nlr = {value}\n")
+    with pytest.raises(UserError, match=r"\[recipe\] lr: .* is not allowed; allowed: numbers > 0"):
+        spaces.load(path)
+
+
+@pytest.mark.slow
 def test_default_space_rejects_under_a_fifth_of_random_architectures():
     archs = spaces.sample_archs(spaces.load(ROOT / "search/default.toml"), 1000, seed=0)
     share = spaces.rejected_fraction(archs, 5_000_000)
@@ -72,23 +130,6 @@ def test_default_samples_stay_inside_the_space():
         study.tell(trial, 0.0)
 
 
-CONDITIONAL = """[arch]
-stages = 1
-blocks = 1
-widths = 8
-[recipe]
-optimizer = ["sgd", "nesterov", "adamw", "adadelta_agc"]
-momentum = { low = 0.8, high = 0.95 }
-schedule = ["cosine", "step", "onecycle"]
-milestones = [[0.5, 0.75], [0.3, 0.6]]
-agc_clip = [0.01, 0.02]
-warmup = [0.0, 0.1]
-[augment]
-cutout_holes = [0, 1]
-cutout_length = [8, 16]
-"""
-
-
 def test_a_key_is_sampled_only_where_it_acts(tmp_path):
     space = spaces.load(write(tmp_path, CONDITIONAL))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
@@ -101,15 +142,6 @@ def test_a_key_is_sampled_only_where_it_acts(tmp_path):
         assert ("warmup" in trial.params) == (c.recipe.schedule != "onecycle")
         assert ("cutout_length" in trial.params) == (c.recipe.augment.cutout_holes > 0)
         study.tell(trial, 0.0)
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "space.toml"
-    path.write_text(text)
-    return path
-
-
-BASE = '[arch]\nstages = 2\nblocks = 1\nwidths = 8\n'
 
 
 @pytest.mark.parametrize("text, message", [

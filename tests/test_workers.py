@@ -1,13 +1,18 @@
-"""Several workers on one study: on the default SQLite file and on a real PostgreSQL server."""
+"""cerberus.workers: several worker processes on one study."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import optuna
+import pytest
+import torch
+from conftest import ROOT, cli
 from optuna.trial import TrialState
 
-from conftest import ROOT, cli
+from cerberus import search as searches
+from cerberus import workers as pool
 
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
 
@@ -26,14 +31,6 @@ def assert_clean(result: dict) -> None:
     assert result["unfinished"] == 0 and result["duplicate_numbers"] == 0
 
 
-def test_eight_workers_on_sqlite_lose_nothing(tmp_path):
-    assert_clean(stress(f"sqlite:///{tmp_path / 'stress.db'}"))
-
-
-def test_eight_workers_on_postgresql_lose_nothing(postgres_url):
-    assert_clean(stress(postgres_url))
-
-
 def distinct_numbers(url: str) -> list:
     trials = optuna.load_study(study_name="cerberus", storage=url).get_trials(deepcopy=False)
     numbers = [t.number for t in trials]
@@ -41,6 +38,40 @@ def distinct_numbers(url: str) -> list:
     return trials
 
 
+
+def test_worker_options_round_trip_through_json():
+    opts = searches.RunOptions(trials=7, max_params=123, epochs=2, device=torch.device("cpu"), data="synthetic",
+                               data_dir="/d", seed=4, timeout=9.5, max_failures=2, artifacts=ROOT / "x", compile=True,
+                               objectives=("accuracy", "params"), grace=30, precision="fp32", pulse=10)
+    assert searches.RunOptions.from_json(opts.to_json()) == opts
+    assert {f for f in json.loads(opts.to_json())} == {f.name for f in __import__("dataclasses").fields(opts)}
+
+
+def test_each_gpu_worker_sees_only_its_gpu_and_the_workers_share_the_cores():
+    job = pool.Job("s", "sqlite:///s.db", 10, searches.RunOptions(trials=5, compile=True), 0)
+    jobs = [pool.for_device(dataclasses.replace(job, index=i), f"cuda:{g}") for i, g in enumerate((0, 0, 1, 1))]
+    envs = [pool.environment(j, jobs, {"PATH": "/bin"}, cores=16) for j in jobs]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "0", "1", "1"]
+    assert all(e["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" and e["TORCHINDUCTOR_COMPILE_THREADS"] == "4" for e in envs)
+    assert all(j.options.device == "cuda:0" for j in jobs) and [j.options.gpu for j in jobs] == [0, 0, 1, 1]
+    given = [pool.Job.from_json(e[pool.JOB_ENV]) for e in envs]
+    assert given == jobs and "OMP_NUM_THREADS" not in envs[0]
+    cpu = [pool.for_device(dataclasses.replace(job, index=i, options=searches.RunOptions(trials=5)), "cpu") for i in range(4)]
+    cpu_envs = [pool.environment(j, cpu, {}, cores=16) for j in cpu]
+    assert all(e["OMP_NUM_THREADS"] == "4" and "CUDA_VISIBLE_DEVICES" not in e for e in cpu_envs)
+
+
+@pytest.mark.slow
+def test_eight_workers_on_sqlite_lose_nothing(tmp_path):
+    assert_clean(stress(f"sqlite:///{tmp_path / 'stress.db'}"))
+
+
+@pytest.mark.slow
+def test_eight_workers_on_postgresql_lose_nothing(postgres_url):
+    assert_clean(stress(postgres_url))
+
+
+@pytest.mark.slow
 def test_run_with_workers_fills_one_study_and_stops_at_the_target(workdir):
     """Three workers, three trials: each counts the trials the others are training, so none
     starts a fourth (before, each went on until the study held three: five trained)."""
@@ -53,6 +84,7 @@ def test_run_with_workers_fills_one_study_and_stops_at_the_target(workdir):
     assert all(t.state != TrialState.RUNNING for t in trials)
 
 
+@pytest.mark.slow
 def test_workers_on_separate_machines_share_a_postgresql_study(workdir, postgres_url):
     """Two independent `run` commands, as on two hosts, on one PostgreSQL study; then `best`."""
     args = ("run", *SMOKE, "--trials", "4", "--storage", postgres_url, "--study", "shared")
@@ -71,6 +103,7 @@ def test_workers_on_separate_machines_share_a_postgresql_study(workdir, postgres
     assert best.returncode == 0 and json.loads(best.stdout)[0]["trial"] in {t.number for t in complete}
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_parent_stops_every_worker_cleanly(workdir):
     """`kill` of the command that started the workers (Slurm signals the job's main process)
     reaches each worker: every running trial ends `interrupted` and is queued again."""

@@ -1,5 +1,4 @@
-"""A run you can watch: the live line on a real terminal (tmux), plain lines through a pipe, the
-study's best, `train`'s per-epoch lines, and a counter that never syncs the device."""
+"""cerberus.reporter: the live line on a terminal and plain lines in a log."""
 
 import io
 import os
@@ -13,35 +12,32 @@ import time
 
 import optuna
 import pytest
-import torch
+from conftest import ROOT, tiny_splits
 from rich.console import Console
 
+from cerberus import search as searches
 from cerberus import space as spaces
-from cerberus import loop as searches
 from cerberus import study as studies
-from cerberus.config import Arch, Config, Recipe
-from cerberus.data import synthetic
-from cerberus.progress import INTERVAL_ENV, Reporter
-from cerberus.train import Fit, Progress, Trainer
-from conftest import ROOT, run_cli, tiny_splits
+from cerberus.reporter import INTERVAL_ENV, Reporter
 
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
+
+
 TMUX = shutil.which("tmux")
+
+
 # One torch thread per process: two cores are shared with the other tests' processes.
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-ENV.pop("COLUMNS", None)
+
+
 LEFT = r"~\d[\d hmins]* left"  # "~42 s left", "~3 min 05 s left" on a slow machine
+
+
 RUNNING = re.compile(rf"trial (\d+) epoch (\d+)/3 step (\d+)/70\b.* \| [\d,]+ img/s, trial {LEFT}")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
-
+@pytest.mark.slow
 @pytest.mark.skipif(TMUX is None, reason="tmux is not installed: the live line on a terminal is not tested")
 def test_the_live_line_on_a_terminal_follows_the_running_trial(workdir):
     """A real `run` in a detached tmux window: the live line shows the running trial's epoch,
@@ -82,6 +78,7 @@ def test_the_live_line_on_a_terminal_follows_the_running_trial(workdir):
     assert re.search(r"best \d\.\d{4} \(trial 0\)", run_left), run_left  # seeded: trial 0 completes
 
 
+@pytest.mark.slow
 def test_a_log_gets_a_line_per_epoch_and_one_per_interval_within_a_trial(workdir):
     env = {**ENV, INTERVAL_ENV: "0.3"}
     r = subprocess.run([sys.executable, "-m", "cerberus", "run", *SMOKE, "--trials", "1", "--epochs", "2"],
@@ -119,54 +116,3 @@ def test_best_is_the_studys_from_the_start_and_counts_other_workers_trials(tmp_p
     finished = [line for line in lines if " complete: " in line]
     assert finished[0].startswith("trial 1 ") and "best 0.9900 (trial 0)" in finished[0], lines
     assert finished[1].startswith("trial 3 ") and "best 0.9950 (trial 2)" in finished[1], lines
-
-
-def test_train_prints_a_line_per_epoch_of_each_seed(tmp_path, monkeypatch, capsys):
-    config = Config(Arch((1,), (8,)), Recipe(optimizer="nesterov", lr=0.05, epochs=2, batch_size=64))
-    (tmp_path / "tiny.json").write_text(config.to_json())
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(INTERVAL_ENV, "0.3")
-    assert run_cli("train", "--config", "tiny.json", "--seeds", "2", "--data", "synthetic", "--device", "cpu") == 0
-    lines = capsys.readouterr().err.splitlines()
-    ends = [line for line in lines if re.match(rf"seed \d \(\d of 2\) epoch \d/2: [\d,]+ img/s, seed {LEFT}", line)]
-    assert [line.split(":")[0] for line in ends] == [
-        "seed 0 (1 of 2) epoch 1/2", "seed 0 (1 of 2) epoch 2/2", "seed 1 (2 of 2) epoch 1/2", "seed 1 (2 of 2) epoch 2/2"], lines
-    assert "all seeds" not in ends[0] and re.search(rf", all seeds {LEFT}$", ends[2]), ends  # after the first seed
-    assert any(re.match(r"seed [01] \(\d of 2\) epoch [12]/2 step \d+/78", line) for line in lines), lines
-
-
-# What reads a device value on the host (on CUDA, each waits for the device).
-SYNCS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
-
-
-def test_the_counter_moves_every_step_and_reading_it_never_syncs(monkeypatch):
-    """Every step updates the counter, and from the first step to the end of the fit the only
-    host reads of a device value are the one loss read per epoch (an added `.item()`,
-    `float(loss)`, `if loss > x`, `.cpu()` would count)."""
-    train = synthetic(640, seed=1)
-    config = Config(Arch((1,), (4,)), Recipe(optimizer="nesterov", lr=0.05, epochs=2, batch_size=64))
-    progress, seen, syncs = Progress(), [], []
-
-    def counted(name, real):
-        return lambda self, *a, **k: (syncs.append(name) if seen else None) or real(self, *a, **k)
-
-    for name in SYNCS:
-        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
-    real_step = Trainer.step
-
-    def step(self, idx):
-        seen.append((progress.epoch, progress.step))  # what a reader sees as this step starts; counting starts
-        return real_step(self, idx)
-
-    monkeypatch.setattr(Trainer, "step", step)
-    with Fit(config, train, None, torch.device("cpu"), seed=0, progress=progress) as run:
-        for _ in run:
-            pass
-        result = run.result()
-    assert seen == [(e, s) for e in (1, 2) for s in range(10)]
-    assert syncs == ["item", "item"]  # the loss, once per epoch
-    assert (progress.epoch, progress.step, progress.trained_steps) == (2, 10, 20) and result.epochs == 2
-    fields = [getattr(progress, f) for f in ("epochs", "steps_per_epoch", "batch", "epoch", "step", "resumed",
-                                             "trained_steps", "step_seconds", "started")]
-    assert all(type(v) in (int, float) for v in fields), fields  # nothing a reader could sync on
-    assert progress.images_per_s() > 0 and progress.seconds_left() == 0

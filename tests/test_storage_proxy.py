@@ -1,4 +1,4 @@
-"""Many workers through Optuna's gRPC storage proxy (`cerberus-search proxy`): real proxy, real processes, SQLite and PostgreSQL."""
+"""cerberus.storage's gRPC proxy: many workers, one database connection pool."""
 
 import json
 import os
@@ -9,12 +9,9 @@ import time
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import ROOT, cli, popen, refusal
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from proxy_throughput import start_proxy  # noqa: E402
+from optuna.trial import TrialState
+from proxies import start_proxy
 
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
 
@@ -35,14 +32,6 @@ def assert_clean(result: dict) -> None:
     assert result["trained"] == result["trials"] >= result["target"]  # every trial trained, recorded once
 
 
-def test_eight_cerberus_workers_through_the_proxy_on_sqlite_lose_nothing(tmp_path):
-    assert_clean(through_proxy(f"sqlite:///{tmp_path / 'p.db'}"))
-
-
-def test_eight_cerberus_workers_through_the_proxy_on_postgresql_lose_nothing(postgres_url):
-    assert_clean(through_proxy(postgres_url))
-
-
 @pytest.fixture
 def proxy(workdir):
     proc, url = start_proxy(f"sqlite:///{workdir / 'studies' / 'cerberus.db'}")
@@ -52,6 +41,18 @@ def proxy(workdir):
     assert "Traceback" not in proc.stderr.read()
 
 
+
+@pytest.mark.slow
+def test_eight_cerberus_workers_through_the_proxy_on_sqlite_lose_nothing(tmp_path):
+    assert_clean(through_proxy(f"sqlite:///{tmp_path / 'p.db'}"))
+
+
+@pytest.mark.slow
+def test_eight_cerberus_workers_through_the_proxy_on_postgresql_lose_nothing(postgres_url):
+    assert_clean(through_proxy(postgres_url))
+
+
+@pytest.mark.slow
 def test_a_worker_killed_through_the_proxy_is_retried_and_resumes(workdir, proxy):
     """The proxy keeps no heartbeats; cerberus's own (user attr `alive`) let the next run fail
     the dead trial and resume its retry from the checkpoint."""
@@ -79,6 +80,7 @@ def test_a_worker_killed_through_the_proxy_is_retried_and_resumes(workdir, proxy
     assert retry.user_attrs["resumed_epochs"] >= 2 and retry.system_attrs["retry_history"] == [0]
 
 
+@pytest.mark.slow
 def test_workers_through_the_proxy_join_by_name_as_the_slurm_example_runs_them(workdir, proxy):
     """The Slurm example's worker command, run on this machine with the variables Slurm sets (the
     #SBATCH lines are comments to bash): it names only the storage and the study, joins the

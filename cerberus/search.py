@@ -12,7 +12,7 @@ Contract of :class:`Search` (``Search(study, space, opts, reporter).run()``):
   model, no data. Then its training memory is estimated (:mod:`cerberus.memory`, user attr
   ``memory_bytes``); one that cannot fit the device ends PRUNED, ``reason = "over_memory"``,
   untrained, with a positive ``memory`` constraint. Neither counts as trained.
-* :meth:`Search.train` owns the loop over the epochs of a :class:`cerberus.train.Fit` (the
+* :meth:`Search.fit` owns the loop over the epochs of a :class:`cerberus.fit.Fit` (the
   ``trainer`` parameter: benchmarks and tests hand in their own). It resumes from the trial's
   checkpoint, reports each epoch's validation accuracy, lets the pruner decide, then saves the
   checkpoint if ``checkpoint_every`` seconds have passed since the last save (never for the
@@ -22,14 +22,10 @@ Contract of :class:`Search` (``Search(study, space, opts, reporter).run()``):
 * :meth:`Search.record` stores how the trial trained and returns its objective values, or ends
   it PRUNED (``pruned``, ``diverged``). An allocation that fails anyway ends it FAIL
   (``out_of_memory``), any other exception FAIL (``error``, with the message in ``error``).
-* Where the storage keeps no heartbeats (the gRPC proxy: ``opts.pulse`` is set), a thread
-  writes the running trial's user attr ``alive`` (Unix time) every ``pulse`` seconds
-  (:class:`Pulse`), and a trial silent for ``grace`` seconds is failed by the next worker that
-  finishes a trial and queued again, as Optuna's own heartbeat does elsewhere. (Clocks of the
-  workers' machines are compared: keep them in sync, as NTP does.)
 * Stopping rules are Optuna callbacks (:class:`StopAtTarget`, :class:`StopAfterRejections`,
-  :class:`StopAfterFailures`), and so are the reporter (:class:`ReportTrials`) and the queueing
-  of orphaned retries (:class:`Orphans`).
+  :class:`StopAfterFailures`), and so are the reporter (:class:`ReportTrials`) and what keeps
+  the study whole when workers die (:mod:`cerberus.liveness`: our own heartbeats where the
+  storage keeps none, orphaned retries, dead checkpoints).
 * ``trials`` is a target for the *study*: the run stops once the study holds that many trained
   trials (COMPLETE, or PRUNED after training), counting those other workers are training now, so
   K workers do not overshoot by K-1. Rejected architectures do not count, so the same command
@@ -42,20 +38,16 @@ Contract of :class:`Search` (``Search(study, space, opts, reporter).run()``):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import gc
 import json
 import os
-import contextlib
 import socket
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -71,11 +63,13 @@ from cerberus.data import Split
 from cerberus.devices import device_name
 from cerberus.model import LATENCY_BATCH, latency_ms
 from cerberus.precision import Precision, choose
-from cerberus.progress import Reporter
+from cerberus.reporter import Reporter
 from cerberus.space import Space, replace_epochs
+from cerberus.fit import Epoch, Fit, Result, Tally
+from cerberus.liveness import NoPulse, Orphans, Pulse, queue_again, sweep_checkpoints
 from cerberus.storage import MAX_RETRY
-from cerberus.train import Epoch, Fit, Progress, Result
-from cerberus.trials import REJECTED, RESUMABLE, Reason, best_seen, best_trial, count_trained, end_reason, is_trained, last_accuracy
+from cerberus.trials import (Reason, Snapshot, best_seen, best_trial, count_trained, is_trained, last_accuracy,
+                             rejected)
 
 # This process, as the user attr ``worker`` of every trial it runs (the report's timeline lanes):
 # the pid keeps two runs on one machine apart, the host name workers on different machines.
@@ -144,15 +138,11 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What :meth:`Search.train` hands to :meth:`Search.record`."""
+    """What :meth:`Search.fit` hands to :meth:`Search.record`."""
 
     result: Result
     pruned: bool  # the pruner cut it
     latency_ms: float | None = None
-
-
-def rejected(trial: FrozenTrial) -> bool:
-    return trial.user_attrs.get("reason") in REJECTED
 
 
 class Search:
@@ -186,7 +176,7 @@ class Search:
             config = self.configure(trial)
             size = self.measure(trial, config)
             self.reject(trial, config, size)
-            return self.record(trial, size, self.train(trial, config))
+            return self.record(trial, size, self.fit(trial, config))
 
     def configure(self, trial: optuna.Trial) -> Config:
         inherited = trial.user_attrs
@@ -226,7 +216,7 @@ class Search:
         self.reporter.rejected_memory(trial.number, need, int(memory.HEADROOM * offered))
         raise optuna.TrialPruned(f"needs ~{need:,} bytes of memory; {self.device} offers {offered:,}")
 
-    def train(self, trial: optuna.Trial, config: Config) -> Outcome:
+    def fit(self, trial: optuna.Trial, config: Config) -> Outcome:
         """The epochs of the trial's fit, resumed from its checkpoint; see the module docstring."""
         checkpoint = checkpoints.path_for(self.opts.artifacts, trial.user_attrs["origin"])
         try:
@@ -245,11 +235,11 @@ class Search:
     def _epochs(self, trial: optuna.Trial, config: Config, checkpoint: Path | None) -> Outcome:
         train, val = self.splits()
         seed = None if self.opts.seed is None else self.opts.seed * 100_003 + trial.number
-        progress = Progress()  # the reporter reads it while the fit trains; no device tensor in it
+        progress = Tally()  # the reporter reads it while the fit trains; no device tensor in it
         self.reporter.training(trial.number, progress)
         epochs, pruned = config.recipe.epochs, False
         with self.trainer(config, train, val, self.device, seed=seed, compile=self.opts.compile,
-                          precision=self.precision, progress=progress, cuda_graph=self.opts.cuda_graph) as fit:
+                          precision=self.precision, tally=progress, cuda_graph=self.opts.cuda_graph) as fit:
             state = checkpoints.load(checkpoint, self.device)
             if state is not None:
                 fit.restore(state)
@@ -270,7 +260,7 @@ class Search:
                 self.check_stop()
             latency = None
             if "latency" in self.opts.objectives and not fit.diverged:
-                latency = latency_ms(fit.trainer.model, self.device, fit.trainer.precision)
+                latency = latency_ms(fit.trainer.evaluated, self.device, fit.trainer.precision)
             return Outcome(fit.result(), pruned, latency)
 
     def _prunes(self, trial: optuna.Trial, epoch: Epoch, epochs: int) -> bool:
@@ -335,7 +325,7 @@ class Search:
                 raise
             finally:
                 gc.unfreeze()
-            checkpoints.sweep(self.study, self.opts.artifacts and Path(self.opts.artifacts), self.opts.grace, MAX_RETRY)
+            sweep_checkpoints(self.study, self.opts.artifacts and Path(self.opts.artifacts), self.opts.grace, MAX_RETRY)
         return RunSummary(count_trained(self.study), self.report.trained, self.rejections.total, best_trial(self.study),
                           self.rejections.gave_up, self.failures.failed_out)
 
@@ -348,24 +338,6 @@ def run(study: optuna.Study, space: Space, opts: RunOptions, reporter: Reporter,
 
 
 # Stopping rules and the other callbacks, each called after every trial.
-
-class Snapshot:
-    """The study's trials, read once after each finished trial and shared by the callbacks that
-    follow it (through the gRPC proxy every read is a round trip); a callback that writes calls
-    :meth:`changed`, so the next one reads again."""
-
-    def __init__(self) -> None:
-        self.number: int | None = None
-        self.trials: list[FrozenTrial] = []
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
-        if self.number != trial.number:
-            self.trials, self.number = study.get_trials(deepcopy=False), trial.number
-        return self.trials
-
-    def changed(self) -> None:
-        self.number = None
-
 
 class StopAfterRejections:
     """Stop after ``limit`` architectures in a row were rejected untrained (``gave_up``)."""
@@ -437,111 +409,3 @@ class ReportTrials:
                                    trial.user_attrs.get("train_seconds", 0.0))
 
 
-class Orphans:
-    """Queues the retry that a dying worker could not. Optuna fails a stale trial and queues its
-    retry in two writes (``fail_stale_trials``), and Ctrl-C here does the same; a worker killed
-    between the two leaves a dead trial that nobody retries (seen once in 20 SIGKILLs of two
-    workers at a time). A dead trial failed more than ``grace`` seconds ago (the second write
-    follows the first within milliseconds), with no retry run or queued, gets one, through
-    Optuna's own retry callback and its limit. Two workers that find the same orphan at the same
-    moment may both queue it: a configuration trained twice, nothing lost."""
-
-    def __init__(self, study: optuna.Study, grace: float | None, snapshot: Snapshot) -> None:
-        self.study, self.grace, self.snapshot = study, grace, snapshot
-        self.retried: set[int] = set()  # a retry, once queued, stays in the study
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if not rejected(trial):
-            self.requeue(self.snapshot(study, trial))
-
-    def requeue(self, trials: list[FrozenTrial] | None = None) -> None:
-        if self.grace is None:
-            return
-        trials = self.study.get_trials(deepcopy=False) if trials is None else trials
-        now = datetime.now()  # Optuna's timestamps are naive local time
-        dead = [t for t in trials if t.state == TrialState.FAIL
-                and end_reason(t) in RESUMABLE and t.number not in self.retried
-                and len(t.system_attrs.get("retry_history", [])) < MAX_RETRY
-                and t.datetime_complete is not None and (now - t.datetime_complete).total_seconds() > self.grace]
-        if not dead:  # the usual case
-            return
-        self.retried |= {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-        for t in dead:
-            if t.number not in self.retried:
-                retry(self.study, t)
-                self.retried.add(t.number)
-        self.snapshot.changed()
-
-
-class NoPulse:
-    """The storage keeps heartbeats itself (or none are wanted): nothing to do."""
-
-    @contextlib.contextmanager
-    def beating(self, trial: optuna.Trial) -> Iterator[None]:
-        yield
-
-    def fail_stale(self, study: optuna.Study, trials: list[FrozenTrial] | None = None) -> None:
-        pass
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        pass
-
-
-class Pulse(NoPulse):
-    """Heartbeats in a user attr, for a storage that keeps none (see the module docstring)."""
-
-    def __init__(self, interval: float, grace: float, snapshot: Snapshot) -> None:
-        self.interval, self.grace, self.snapshot = interval, grace, snapshot
-
-    @contextlib.contextmanager
-    def beating(self, trial: optuna.Trial) -> Iterator[None]:
-        done = threading.Event()
-
-        def beat() -> None:
-            while True:
-                trial.set_user_attr("alive", time.time())  # the first at once: a retry inherits an old one
-                if done.wait(self.interval):
-                    return
-
-        thread = threading.Thread(target=beat, name="cerberus-pulse", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
-
-    def fail_stale(self, study: optuna.Study, trials: list[FrozenTrial] | None = None) -> None:
-        """Fail every RUNNING trial silent for ``grace`` seconds and queue its retry."""
-        now = time.time()
-        trials = study.get_trials(deepcopy=False) if trials is None else trials
-        stale = [t.number for t in trials if t.state == TrialState.RUNNING
-                 and now - max(t.user_attrs.get("alive", 0.0), t.datetime_start.timestamp() if t.datetime_start else 0.0) > self.grace]
-        if stale:
-            self.snapshot.changed()
-        for number in stale:
-            study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-            failed = study.get_trials(deepcopy=False)[number]
-            if failed.state == TrialState.FAIL and failed.user_attrs.get("reason") is None:
-                retry(study, failed)
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if not rejected(trial):
-            self.fail_stale(study, self.snapshot(study, trial))
-
-
-def retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, copy.deepcopy(trial))
-
-
-def queue_again(study: optuna.Study, number: int | None) -> None:
-    """Queue a retry of the trial Ctrl-C stopped, as the heartbeat does for a dead worker's."""
-    if number is None:
-        return
-    trial = study.get_trials(deepcopy=False)[number]
-    if trial.state == TrialState.FAIL and trial.user_attrs.get("reason") == Reason.INTERRUPTED:
-        retry(study, trial)

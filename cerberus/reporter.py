@@ -1,6 +1,6 @@
 """What ``run`` shows while it works: a live line on a terminal, plain lines anywhere else.
 
-The running trial is read from its :class:`cerberus.train.Progress`, the host-side counter
+The running trial is read from its :class:`cerberus.fit.Tally`, the host-side counter
 its training loop keeps: epoch, step within the epoch, images per second, time left. Reading
 it never touches a device tensor, so watching a run adds no host sync to a CUDA step.
 
@@ -33,7 +33,7 @@ from rich.progress import Progress as LiveProgress
 from rich.text import Text
 
 if TYPE_CHECKING:  # the reporter only reads its fields; importing torch here would cost every import
-    from cerberus.train import Progress
+    from cerberus.fit import Tally
 
 INTERVAL_ENV = "CERBERUS_PROGRESS_SECONDS"
 DEFAULT_INTERVAL = 30.0  # a log line at most this often while a trial trains: a heartbeat, not a flood
@@ -186,7 +186,7 @@ class Reporter:
         self.rejected = 0
         self.best: tuple[float, int] | None = None
         self._trial: int | None = None  # the trial training now, and its counter
-        self._progress: Progress | None = None
+        self._progress: Tally | None = None
         self._val: tuple[float, int] | None = None  # its last validation accuracy, and the epoch
         self._last = "starting"  # the latest event, for the live line between trials
         self._seconds: list[float] = []  # train_seconds of the trials trained in this run
@@ -208,7 +208,7 @@ class Reporter:
         """The study's best (accuracy, trial) as its storage holds it now; None: no completed trial."""
         self.best = best
 
-    def training(self, trial: int, progress: Progress) -> None:
+    def training(self, trial: int, progress: Tally) -> None:
         """Trial ``trial`` starts training; ``progress`` is the counter its fit keeps."""
         self._trial, self._progress, self._val = trial, progress, None
 
@@ -273,7 +273,7 @@ class Reporter:
             head += self._speed(p)
         return head + self._tail()
 
-    def _speed(self, p: Progress | None) -> str:
+    def _speed(self, p: Tally | None) -> str:
         if p is None:
             return ""
         now = time.perf_counter()
