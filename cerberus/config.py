@@ -131,6 +131,8 @@ class Recipe:
     batch_size: int = knob(128, "images per step", Interval(1, 50_000), shown=True)
     label_smoothing: float = knob(0.0, "label smoothing of the cross-entropy", Interval(0, 1, open_high=True))
     tta_flip: bool = knob(False, "score each evaluated image by its logits plus its mirror image's", BOOL)
+    ema: float = knob(0.0, "decay per step of an average of the weights (and BatchNorm statistics) that is evaluated "
+                      "and saved instead of them (0: off)", Interval(0, 1, open_high=True))
     augment: Augment = field(default_factory=Augment)
 
     def __post_init__(self) -> None:

@@ -181,8 +181,8 @@ class Trainer:
 
     @property
     def evaluated(self) -> torch.nn.Module:
-        """The model that is scored, timed and saved: the trained net."""
-        return self.model
+        """The model that is scored, timed and saved: the trained net, or its average."""
+        return self.updates.evaluated
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The state dict of :attr:`evaluated`, on the CPU: what a final model saves."""

@@ -114,7 +114,7 @@ class Estimate:
 
     weights: int  # parameters and BatchNorm buffers, fp32
     grads: int  # a gradient per parameter, fp32
-    optimizer: int  # momentum (sgd, nesterov) 1x the parameters; adam, adamw, adadelta 2x
+    optimizer: int  # momentum (sgd, nesterov) 1x the parameters; adam, adamw, adadelta 2x; an average (ema) 1x more
     data: int  # the training and validation splits copied to the device (0 on the CPU)
     setup: int  # building the trainer: fp32 chunks of the training split, for its statistics (host)
     step: int  # a training step: maps saved for backward, backward's gradients, the augmented batch
@@ -177,7 +177,8 @@ def estimate(config: Config, precision: Precision, train_images: int, val_images
     return Estimate(
         weights=4 * params + 4 * 2 * norm_channels + 8 * norm_layers,  # running mean, var, count
         grads=4 * params,
-        optimizer=4 * params * OPTIMIZERS[recipe.optimizer].state_copies(recipe),
+        optimizer=4 * params * OPTIMIZERS[recipe.optimizer].state_copies(recipe)
+        + (4 * params + 4 * 2 * norm_channels + 8 * norm_layers if recipe.ema > 0 else 0),  # the average: weights and statistics
         data=0 if cpu else (train_images + val_images) * (IMAGE + LABEL),
         setup=sum(_resident([(4 * IMAGE * min(STATS_CHUNK, train_images), 2)], cpu)) if cpu else 0,
         step=step_heap + step_mapped,

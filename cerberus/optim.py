@@ -126,21 +126,83 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 
+class Average:
+    """An exponential moving average of a model's weights and BatchNorm statistics
+    (``recipe.ema``), updated after every step: ``torch.optim.swa_utils.AveragedModel`` with a
+    decay that starts low, ``min(decay, (1 + t) / (10 + t))`` at update t (as TensorFlow's
+    ExponentialMovingAverage does with ``num_updates``), so the first steps' weights do not
+    weigh on the average for long. The count is kept on the host: no host sync."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        from torch.optim.swa_utils import AveragedModel
+
+        self.decay, self.updates = decay, 0
+        self.averaged = AveragedModel(model, multi_avg_fn=self._lerp, use_buffers=True)
+        self.model = model
+
+    def _lerp(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _: torch.Tensor) -> None:
+        import torch
+
+        if not averaged[0].is_floating_point():  # BatchNorm's batch counters: the model's own
+            torch._foreach_copy_(averaged, current)
+            return
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(averaged, current, 1 - decay)
+
+    def update(self) -> None:
+        self.updates += 1
+        self.averaged.update_parameters(self.model)
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        return self.averaged.module
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"averaged": self.averaged.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.averaged.load_state_dict(state["averaged"])
+        self.updates = int(state["updates"])
+
+
+class NoAverage:
+    """The null object of :class:`Average` (``ema`` 0): the model is what is evaluated."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.evaluated = model
+
+    def update(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
 class Updates:
-    """A model's optimizers (most recipes have one) and their schedules, stepped together; the
-    schedules span ``total_steps`` steps, each stepped once per batch, so short and long fits
-    follow the same curve."""
+    """A model's optimizers (most recipes have one), their schedules and the average of its
+    weights, stepped together; the schedules span ``total_steps`` steps, each stepped once per
+    batch, so short and long fits follow the same curve. :attr:`evaluated` is the model to
+    score and save: the average where the recipe keeps one."""
 
     def __init__(self, model: torch.nn.Module, recipe: Recipe, total_steps: int, cuda: bool) -> None:
         self.optimizers = OPTIMIZERS[recipe.optimizer].build(model, recipe, cuda)
         schedule = SCHEDULES[recipe.schedule]
         self.schedulers = [schedule.build(o, recipe, total_steps) for o in self.optimizers]
+        self.average = Average(model, recipe.ema) if recipe.ema > 0 else NoAverage(model)
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        return self.average.evaluated
 
     def step(self) -> None:
         for optimizer in self.optimizers:
             optimizer.step()
         for scheduler in self.schedulers:
             scheduler.step()
+        self.average.update()
 
     def lrs(self) -> list[float]:
         """The learning rate of every parameter group, in order."""
@@ -148,7 +210,7 @@ class Updates:
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizers": [o.state_dict() for o in self.optimizers],
-                "schedulers": [s.state_dict() for s in self.schedulers]}
+                "schedulers": [s.state_dict() for s in self.schedulers], "average": self.average.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["optimizers"]) != len(self.optimizers):
@@ -157,3 +219,4 @@ class Updates:
             o.load_state_dict(s)
         for sched, s in zip(self.schedulers, state["schedulers"]):
             sched.load_state_dict(s)
+        self.average.load_state_dict(state["average"])

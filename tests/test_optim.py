@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
+from cerberus import memory, size
 from cerberus.config import Arch, Augment, Config, Recipe
 from cerberus.data import search_splits, synthetic
-from cerberus.fit import Trainer, fit
+from cerberus.fit import Fit, Trainer, evaluate, fit
 from cerberus.optim import SCHEDULES
+from cerberus.precision import choose
 
 CPU = torch.device("cpu")
 
@@ -16,7 +18,6 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def splits():
     return search_splits("synthetic")
-
 
 
 @pytest.mark.parametrize("optimizer", ["adadelta", "adadelta_agc"])
@@ -49,3 +50,75 @@ def test_warmup_ramps_the_learning_rate_before_cosine_decay():
         sched.step()
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:10])) and lrs[-1] < 0.01
+
+
+def test_the_average_of_the_weights_is_the_hand_computed_one():
+    from cerberus.optim import Average
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    average = Average(model, decay=0.9)
+    seen = []
+    for w in (1.0, 3.0, 5.0, 7.0):
+        with torch.no_grad():
+            model[0].weight.fill_(w)
+            model[1].running_mean.fill_(w)
+        model[1].num_batches_tracked += 1
+        average.update()
+        seen.append(w)
+    # update 1 copies; update t >= 2 keeps min(0.9, (1 + t) / (10 + t)) of the average
+    expected = seen[0]
+    for t, w in enumerate(seen[1:], 2):
+        keep = min(0.9, (1 + t) / (10 + t))
+        expected = keep * expected + (1 - keep) * w
+    averaged = average.evaluated
+    assert averaged[0].weight.flatten().tolist() == pytest.approx([expected] * 2)
+    assert averaged[1].running_mean.item() == pytest.approx(expected)  # the statistics are averaged too
+    assert averaged[1].num_batches_tracked.item() == 4  # the counter is the model's
+    assert model[0].weight[0, 0].item() == 7.0  # the model itself is untouched
+
+
+def test_a_fit_with_an_average_scores_and_saves_the_average_and_resumes_it(splits):
+    train, val = splits
+    config = Config(Arch((1,), (8,)), Recipe(optimizer="nesterov", lr=0.05, epochs=2, batch_size=64, ema=0.9))
+    with Fit(config, train, val, CPU, seed=0) as run:
+        next(iter(run))
+        state = run.state()
+        trainer = run.trainer
+        assert trainer.evaluated is not trainer.model
+        weights = trainer.weights()
+        raw = trainer.model.state_dict()
+        assert set(weights) == set(raw) and not torch.equal(weights["linear.weight"], raw["linear.weight"].cpu())
+        assert run.trainer.evaluate(val) == evaluate(trainer.evaluated, val, trainer.mean, trainer.std)
+    with Fit(config, train, val, CPU, seed=1) as resumed:
+        resumed.restore(state)
+        assert torch.equal(resumed.trainer.weights()["linear.weight"], weights["linear.weight"])
+        assert resumed.trainer.updates.average.updates == state["updates"]["average"]["updates"] > 0
+
+
+def test_the_memory_estimate_counts_the_average():
+    plain = Config(Arch((3, 5, 3), (16, 32, 64)), Recipe())
+    averaged = Config(plain.arch, Recipe(ema=0.99))
+    extra = memory.estimate(averaged, choose(CPU, "fp32"), 45_000, 5_000).optimizer - \
+        memory.estimate(plain, choose(CPU, "fp32"), 45_000, 5_000).optimizer
+    layers, channels = size.norms(plain.arch)
+    assert extra == 4 * size.params(plain.arch) + 8 * channels + 8 * layers
+
+
+def test_the_average_is_a_choice_of_a_space_file_and_shows_in_best(tmp_path):
+    import optuna
+
+    from cerberus import space as spaces
+    from cerberus.errors import UserError
+
+    head = "[arch]\nstages = 1\nblocks = 1\nwidths = 8\n[recipe]\n"
+    space = spaces.parse(head + "ema = [0.0, 0.99]\n", "s.toml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        seen.add(space.sample(trial).recipe.ema)
+        study.tell(trial, 0.0)
+    assert seen == {0.0, 0.99}
+    assert "ema 0.99" in Config(Arch((1,), (8,)), Recipe(ema=0.99)).summary()
+    with pytest.raises(UserError, match=r"\[recipe\] ema: 1.5 is not allowed; allowed: numbers in \[0, 1\)"):
+        spaces.parse(head + "ema = 1.5\n", "s.toml")
