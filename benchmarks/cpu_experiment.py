@@ -142,13 +142,13 @@ def study_figures(storage: str) -> dict[str, Any]:
 
 def time_to_accuracy(storage: str, best: int) -> dict[str, Any]:
     from cerberus.config import COURSE_CPU, Config
-    from cerberus.space import replace_epochs
+    from cerberus.space import set_length
     from cerberus.storage import read_study
 
     with read_study("cpu", storage) as study:
         trials = study.get_trials(deepcopy=False)
     course = next(t for t in trials if "config" in t.user_attrs and t.values
-                  and replace_epochs(Config.from_dict(t.user_attrs["config"]), COURSE_CPU.recipe.epochs) == COURSE_CPU)
+                  and set_length(Config.from_dict(t.user_attrs["config"]), COURSE_CPU.recipe.epochs) == COURSE_CPU)
     top = next(t for t in trials if t.number == best)
     history = [top.intermediate_values[e] for e in sorted(top.intermediate_values)]
     target = course.values[0]

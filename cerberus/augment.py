@@ -29,10 +29,12 @@ MIN_BITS = 2  # posterize keeps 8 down to this many bits
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's RGB-to-grayscale weights
 
 
-def crop(x: torch.Tensor, padding: int) -> torch.Tensor:
-    """Random crop after zero padding: each image shifts by up to ``padding`` pixels each way."""
+def crop(x: torch.Tensor, padding: int, fill: str = "mean") -> torch.Tensor:
+    """Random crop after padding: each image shifts by up to ``padding`` pixels each way. The
+    padding is zero ("mean": the mean colour of a normalised batch) or the image reflected at
+    its edge ("reflect", airbench's translation)."""
     n, _, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4)
+    padded = F.pad(x, (padding,) * 4, mode="reflect") if fill == "reflect" else F.pad(x, (padding,) * 4)
     dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=x.device)
     dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=x.device)
     rows = (dy + torch.arange(h, device=x.device).view(1, h, 1)).expand(n, h, w)
@@ -41,10 +43,10 @@ def crop(x: torch.Tensor, padding: int) -> torch.Tensor:
     return padded.flatten(2).gather(2, index).view_as(x)
 
 
-def flip(x: torch.Tensor) -> torch.Tensor:
-    """Mirror half of the images left to right."""
-    mask = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
-    return torch.where(mask, x.flip(3), x)
+def flip(x: torch.Tensor, which: torch.Tensor | None = None) -> torch.Tensor:
+    """Mirror the images that ``which`` (a bool per image) says, by default a random half, left to right."""
+    mask = torch.rand(x.shape[0], device=x.device) < 0.5 if which is None else which
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
 
 
 def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
@@ -258,10 +260,11 @@ def _equalize(x: torch.Tensor, bins: torch.Tensor, t: _Tables) -> torch.Tensor:
     return torch.where(step > 0, lut, levels).div_(255).view_as(x)
 
 
-def apply(x: torch.Tensor, y: torch.Tensor, aug: Augment, mean: torch.Tensor,
-          std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def apply(x: torch.Tensor, y: torch.Tensor, aug: Augment, mean: torch.Tensor, std: torch.Tensor,
+          flips: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole training-time pipeline for one batch of images in [0, 1], normalised on the
-    way (``(x - mean) / std``); ``y`` is one-hot (or soft) labels.
+    way (``(x - mean) / std``); ``y`` is one-hot (or soft) labels; ``flips`` says which images
+    to mirror (alternating flips, kept by the trainer), else a random half is.
 
     TrivialAugment acts before normalising, because its colour operations are defined on
     [0, 1] images; the rest after, so crop padding, rotation fill and cutout are the mean colour.
@@ -270,9 +273,9 @@ def apply(x: torch.Tensor, y: torch.Tensor, aug: Augment, mean: torch.Tensor,
         x = trivial_augment(x)
     x = (x - mean) / std
     if aug.crop_padding:
-        x = crop(x, aug.crop_padding)
+        x = crop(x, aug.crop_padding, aug.crop_fill)
     if aug.flip:
-        x = flip(x)
+        x = flip(x, flips)
     if aug.rotation:
         x = rotate(x, aug.rotation)
     if aug.cutout_holes:

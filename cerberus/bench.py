@@ -64,6 +64,7 @@ from torch import nn
 from cerberus import augment
 from cerberus import data as datasets
 from cerberus import graph as graphs
+from cerberus import memory
 from cerberus.config import COURSE, Arch, Config
 from cerberus.data import Split
 from cerberus.errors import UserError
@@ -77,7 +78,6 @@ COURSE_RECIPE = COURSE.recipe
 # The normalisation constants the course project (after kuangliu/pytorch-cifar) hard-coded.
 COURSE_MEAN, COURSE_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 PEAK_PRODUCT_SECONDS = 0.05  # matmul_peak grows its side while one product takes less than this
-TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (about twice the forward)
 MAX_SYNTHETIC = 45_000  # as many training images as CIFAR-10's search split
 # Dense (not sparse) tensor-core peaks from NVIDIA's datasheets, TFLOP/s, by torch's device name.
 DATASHEET_TFLOPS = {
@@ -124,8 +124,12 @@ def run(arch: Arch, options: Options) -> dict[str, Any]:
         raise UserError(f"--batch-size {o.batch_size} is larger than the {len(train):,} training images of --data {o.data}")
     cuda = o.device.type == "cuda"
     precision = choose(o.device, o.precision)
-    peak_flops, peak_dtype = matmul_peak(o.device, precision.dtype)
     config = o.config or Config(arch, dataclasses.replace(COURSE_RECIPE, batch_size=o.batch_size))
+    need, offered = memory.estimate(config, precision, len(train), 0).total, memory.available(o.device)
+    if not memory.fits(need, offered):  # as `run` refuses the same trial: better than the OOM killer
+        raise UserError(f"a step at batch {o.batch_size} needs about {memory.format_bytes(need)}, {memory.format_bytes(offered)} "
+                        f"is available on {o.device} ({memory.HEADROOM:.0%} of it usable); give a smaller --batch-size")
+    peak_flops, peak_dtype = matmul_peak(o.device, precision.dtype)
     arch = config.arch
     if o.cuda_graph:  # the eager steps and the recording are warm-up: every timed step is a replay
         o = dataclasses.replace(o, warmup=max(o.warmup, graphs.WARMUP + 1))
@@ -133,7 +137,7 @@ def run(arch: Arch, options: Options) -> dict[str, Any]:
     peak_mem = torch.cuda.max_memory_allocated(o.device) if cuda else _peak_rss()
     release(o.device, compiled=o.compile)
     size = sizes.of(arch)
-    achieved = TRAIN_FLOPS_PER_FORWARD * size.flops * fast.images_per_s
+    achieved = size.train_flops * fast.images_per_s
     result: dict[str, Any] = {
         "device": device_name(o.device), "torch": torch.__version__,
         "arch": {"blocks": list(arch.blocks), "widths": list(arch.widths), "conv_kernel": arch.conv_kernel,
@@ -143,7 +147,7 @@ def run(arch: Arch, options: Options) -> dict[str, Any]:
         "cuda_graph": o.cuda_graph, "captured": captured,
         "images_per_s": fast.images_per_s, "ms_per_step": fast.ms_per_step, "first_step_s": fast.first_step_s,
         "aten_ops_per_step": ops, "config": config.to_dict(),
-        "flops_per_image": size.flops, "train_flops_per_image": TRAIN_FLOPS_PER_FORWARD * size.flops,
+        "flops_per_image": size.flops, "train_flops_per_image": size.train_flops,
         "tflops": achieved / 1e12, "peak_tflops": peak_flops / 1e12, "peak_dtype": peak_dtype,
         "mfu": achieved / peak_flops,
         "peak_mem_bytes": peak_mem, "peak_mem_kind": "cuda_max_allocated" if cuda else "process_peak_rss",
@@ -178,8 +182,8 @@ def report(r: dict[str, Any]) -> str:
         f"{(', CUDA graph' if r['captured'] else ', CUDA graph asked, not recorded: eager') if r['cuda_graph'] else ''}",
         f"  speed:   {r['images_per_s']:,.1f} images/s, {r['ms_per_step']:,.2f} ms/step (first warm-up step {r['first_step_s']:.2f} s), "
         f"{r['aten_ops_per_step']:,} aten operations per step",
-        f"  FLOPs:   {r['flops_per_image'] / 1e6:,.1f} MFLOPs/image forward; training counted as "
-        f"{TRAIN_FLOPS_PER_FORWARD}x forward = {r['train_flops_per_image'] / 1e9:,.2f} GFLOPs/image",
+        f"  FLOPs:   {r['flops_per_image'] / 1e6:,.1f} MFLOPs/image forward; {r['train_flops_per_image'] / 1e9:,.2f} "
+        f"GFLOPs/image training (forward and backward, counted exactly)",
         f"  MFU:     {r['mfu']:.1%} = {r['tflops']:.3f} TFLOP/s achieved / {r['peak_tflops']:.3f} TFLOP/s "
         f"{r['peak_dtype']} dense matmul peak measured in this run",
         f"  memory:  {r['peak_mem_bytes'] / 2**20:,.0f} MiB ({mem})",

@@ -11,13 +11,13 @@ absent: the retry trains from scratch. Which checkpoints are dead is the busines
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
 from cerberus import outfile
 
 FOLDER = "checkpoints"
+DISCARDED = ".discarded"
 STALE_TMP_SECONDS = 600  # a .tmp this old is no write in progress (a checkpoint takes well under a second)
 
 
@@ -32,17 +32,33 @@ def save(path: Path, state: dict[str, Any]) -> None:
     outfile.write_atomic(path, lambda tmp: torch.save(state, tmp))  # a kill mid-write leaves the previous one whole
 
 
+class Unreadable(Exception):
+    """A checkpoint that cannot be read as one: truncated, foreign, text, or holding more than
+    tensors and numbers."""
+
+
 def load(path: Path | None, device: Any) -> dict[str, Any] | None:
-    """The state saved at ``path``, its tensors on ``device``; None when there is none or it
-    cannot be read as a checkpoint (truncated, foreign, or holding more than tensors and numbers)."""
+    """The state saved at ``path``, its tensors on ``device``; None when there is none; an
+    :class:`Unreadable` one raises (the caller sets it aside, :func:`set_aside`)."""
     import torch
 
     if path is None or not path.exists():
         return None
     try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
-        return None
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch.load of a foreign file raises what its parser meets: pickle, index, value errors
+        raise Unreadable(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+    if not isinstance(state, dict):
+        raise Unreadable(f"it holds a {type(state).__name__}, not a trial's state")
+    return state
+
+
+def set_aside(path: Path) -> Path:
+    """Keep a checkpoint that could not be resumed beside the others as ``trial-N.pt.discarded``
+    (where nothing resumes it, and a person can look at it); the trial trains from scratch."""
+    aside = path.with_name(path.name + DISCARDED)
+    path.replace(aside)
+    return aside
 
 
 def forget(path: Path | None) -> None:

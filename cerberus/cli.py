@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from cerberus import __version__, signals
-from cerberus.errors import UserError
+from cerberus.errors import Failure, UserError, world_failure
 from cerberus.storage import DEFAULT_STORAGE, DEFAULT_STUDY, check_name
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -65,7 +65,8 @@ def run(
     storage: Storage = DEFAULT_STORAGE,
     space: Annotated[Optional[str], typer.Option(help="A shipped space by name (default, cpu, seed, smoke, ...) or a space file (TOML). Default: the study's stored space, else default.", show_default=False)] = None,
     max_params: Annotated[Optional[int], typer.Option(help="Parameter budget; larger architectures are rejected untrained. Default: the study's, else 5,000,000.", show_default=False)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs per trial, overriding the space. Default: the study's, else the space's.", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per trial, overriding the space's length. Default: the study's, else the space's.", show_default=False)] = None,
+    budget: Annotated[Optional[float], typer.Option(help="Training PFLOP per trial (forward and backward), overriding the space's length: each trial's steps follow from its network and batch. Default: the study's, else the space's.", show_default=False)] = None,
     device: Device = "auto",
     data: Annotated[Optional[str], typer.Option(help="cifar10 (downloaded on first use) or synthetic. Default: the study's, else cifar10.", show_default=False)] = None,
     data_dir: DataDir = None,
@@ -79,7 +80,8 @@ def run(
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each trial's training forward (pays off only for long trials).")] = False,
     cuda_graph: CudaGraph = False,
     precision: Precision = "auto",
-    objectives: Annotated[Optional[str], typer.Option(help="accuracy, or a Pareto front of accuracy,params or accuracy,latency (no pruning then). Default: the study's, else accuracy.", show_default=False)] = None,
+    objectives: Annotated[Optional[str], typer.Option(help="accuracy, or a Pareto front of accuracy,params, accuracy,latency or accuracy,flops (training FLOPs; no pruning then). Default: the study's, else accuracy.", show_default=False)] = None,
+    pruner: Annotated[str, typer.Option(help="median, percentile, halving, hyperband or none: what stops trials that fall behind, compared at the same share of their training.")] = "median",
     enqueue_seed: Annotated[Optional[bool], typer.Option("--enqueue-seed/--no-enqueue-seed", help="Train the course project's configuration first (default: on for the default and cpu spaces).", show_default=False)] = None,
     enqueue: Annotated[Optional[list[Path]], typer.Option(help="JSON file of a configuration (or a list, or `best --json` rows) to train early; repeatable.")] = None,
 ) -> None:
@@ -89,9 +91,9 @@ def run(
     --study NAME` with nothing else joins it from any machine."""
     from cerberus import launch
 
-    asked = launch.Asked(trials, study, storage, space, max_params, epochs, device, data, data_dir, seed, timeout, workers,
+    asked = launch.Asked(trials, study, storage, space, max_params, epochs, budget, device, data, data_dir, seed, timeout, workers,
                          gpus, max_failures, heartbeat, checkpoint_every, compile, cuda_graph, precision, objectives,
-                         enqueue_seed, tuple(enqueue or ()))
+                         pruner, enqueue_seed, tuple(enqueue or ()))
     raise typer.Exit(launch.run(asked))
 
 
@@ -236,7 +238,8 @@ def train(
     config: ConfigFile = None,
     study: Study = DEFAULT_STUDY,
     storage: Storage = DEFAULT_STORAGE,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs per seed, overriding the configuration's.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per seed, overriding the configuration's length.")] = None,
+    budget: Annotated[Optional[float], typer.Option(help="Training PFLOP per seed, overriding the configuration's length.")] = None,
     seeds: Annotated[int, typer.Option(help="Train seeds 0..S-1, each scored once on the test set.")] = 3,
     out: Annotated[Optional[Path], typer.Option(help="Folder for weights, config.json, metrics.json; default <study folder>/final/trial-N (or /<config file stem>).")] = None,
     device: Device = "auto",
@@ -249,8 +252,8 @@ def train(
     """Final models: retrain one configuration on train + validation per seed, score each once on the test set."""
     from cerberus import train as trains
 
-    raise typer.Exit(trains.command(trial, config, study, storage, epochs, seeds, out, device, data, data_dir, precision,
-                                    cuda_graph, as_json))
+    raise typer.Exit(trains.command(trial, config, study, storage, epochs, budget, seeds, out, device, data, data_dir,
+                                    precision, cuda_graph, as_json))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,6 +273,13 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         except UserError as e:
             _fail(str(e))
+        except Failure as e:
+            _fail(str(e), code=1)
+        except Exception as e:  # the world's fault (a full disk, a damaged file, a proxy gone): one line, exit 1
+            line = world_failure(e)
+            if line is None:
+                raise
+            _fail(line, code=1)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -289,6 +299,6 @@ def _quiet_optuna() -> None:
     logging.getLogger("optuna").addHandler(handler)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)

@@ -36,6 +36,8 @@ EVAL_BATCH = 1000  # images per evaluation forward: divides the 5,000 validation
 # is ResNet-2002, over three times the deepest published CIFAR ResNet (ResNet-1202).
 MAX_BLOCKS = 1000
 MAX_STAGES = 6  # 32x32 halves to 1x1 at the sixth stage
+IMAGE_SIDE = 32
+WHITEN_KERNEL, WHITEN_WIDTH = 2, 24  # a whitening stem's patches (2x2), and its filters: 12 eigenvectors and their negatives
 MAX_WIDTH = 4096  # channels of a stage: a 3x3 conv of 4096 -> 4096 alone is 151M parameters
 MAX_CUTOUT_HOLES = 16  # each hole is a mask of the batch's size, made every step
 OPTIMIZER, SCHEDULE = ReadBy("optimizer", OPTIMIZERS), ReadBy("schedule", SCHEDULES)
@@ -43,11 +45,12 @@ OPTIMIZER, SCHEDULE = ReadBy("optimizer", OPTIMIZERS), ReadBy("schedule", SCHEDU
 
 @dataclass(frozen=True)
 class Arch:
-    """A CIFAR ResNet: stem, ``len(blocks)`` stages of BasicBlocks, average pool, linear.
+    """A CIFAR ResNet: stem, ``len(blocks)`` stages of BasicBlocks, pool, linear (:mod:`cerberus.model`).
 
-    ``blocks[i]`` BasicBlocks of width ``widths[i]`` form stage ``i``; stage 0 keeps the
-    32x32 resolution and every later stage halves it at its first block. A block that changes
-    the shape has a projection shortcut.
+    ``blocks[i]`` BasicBlocks of width ``widths[i]`` form stage ``i``; by default stage 0 keeps
+    the 32x32 resolution and every later stage halves it at its first block, and a block that
+    changes the shape has a projection shortcut. Every field but blocks and widths defaults to
+    the course project's family.
     """
 
     TABLE: ClassVar[str] = "arch"
@@ -57,8 +60,22 @@ class Arch:
     conv_kernel: int = knob(3, "kernel of the stem and of every block conv (F)",
                             Rule(lambda v: v >= 1 and v % 2 == 1, "odd integers >= 1"))
     skip_kernel: int = knob(1, "kernel of a projection shortcut (K)", OneOf((1, 3)))
-    pool: int = knob(0, "average-pool kernel over the last map (P)",
+    pool: int = knob(0, "pool kernel over the last map (P)",
                      Rule(lambda v: v >= 0, "0 (global) or an integer no larger than the last map"))
+    pool_type: str = knob("avg", "the pool over the last map: average or max", OneOf(("avg", "max")))
+    stem: str = knob("conv", "conv: a conv of kernel F and its BatchNorm; whiten: a frozen 2x2 conv that whitens "
+                     "the image's patches (24 filters from the training images' covariance; Page, airbench)",
+                     OneOf(("conv", "whiten")))
+    downsample: str = knob("stride", "stride: each stage after the first halves the map with a stride-2 first conv; "
+                           "pool: every stage max-pools right after its first conv (Page's ResNet-9, airbench)",
+                           OneOf(("stride", "pool")))
+    activation: str = knob("relu", "the activation of the stem and the blocks", OneOf(("relu", "gelu")))
+    conv_init: str = knob("torch", "torch: PyTorch's default; identity: each conv's first filters pass one input "
+                          "channel through (dirac_) and the head's weights start at std 1/inputs (airbench)",
+                          OneOf(("torch", "identity")))
+    bn_weight: str = knob("learned", "BatchNorm's scale: learned, or frozen at 1 (airbench)", OneOf(("learned", "frozen")))
+    bn_momentum: float = knob(0.1, "weight of each batch in BatchNorm's running statistics (torch's momentum; "
+                              "airbench 0.4)", Interval(0, 1, open_low=True))
 
     def __post_init__(self) -> None:
         if len(self.blocks) != len(self.widths) or not self.blocks:
@@ -73,6 +90,10 @@ class Arch:
                              f"{MAX_BLOCKS:,} cerberus builds (a deeper net takes more than seconds just to size); "
                              f"give fewer blocks")
         knobs.check(self, self.TABLE)
+        if self.final_map_size < 1:
+            most = max(n for n in range(1, MAX_STAGES + 1) if _sides(self.stem, self.downsample, n)[-1][1] >= 1)
+            raise ValueError(f"{len(self.blocks)} stages with downsample {self.downsample} and stem {self.stem} halve "
+                             f"the image to nothing; allowed: at most {most} stages")
         if self.pool > self.final_map_size:
             raise ValueError(
                 f"pool must be 0 (global) or 1..{self.final_map_size} for {len(self.blocks)} "
@@ -80,13 +101,30 @@ class Arch:
             )
 
     @property
+    def sides(self) -> list[tuple[int, int]]:
+        """Each stage's (incoming, outgoing) map side (see :func:`_sides`)."""
+        return _sides(self.stem, self.downsample, len(self.blocks))
+
+    @property
     def final_map_size(self) -> int:
-        return max(1, 32 >> (len(self.blocks) - 1))
+        return self.sides[-1][1]
 
     @property
     def depth(self) -> int:
         """Conv and linear layers on the main path, as ResNet names count them."""
         return 2 * sum(self.blocks) + 2
+
+
+def _sides(stem: str, downsample: str, stages: int) -> list[tuple[int, int]]:
+    """Each stage's (incoming, outgoing) map side: a stride halves it, rounding up, from the
+    second stage on; a max-pool halves it, rounding down, in every stage."""
+    side = IMAGE_SIDE - WHITEN_KERNEL + 1 if stem == "whiten" else IMAGE_SIDE
+    out = []
+    for i in range(stages):
+        new = side // 2 if downsample == "pool" else (side - 1) // 2 + 1 if i > 0 else side
+        out.append((side, new))
+        side = new
+    return out
 
 
 @dataclass(frozen=True)
@@ -107,6 +145,10 @@ class Augment:
     mixup_alpha: float = knob(0.0, "mixup's Beta(alpha, alpha) (0: off)", Interval(0))
     cutmix_alpha: float = knob(0.0, "cutmix's Beta(alpha, alpha) (0: off)", Interval(0))
     trivial_augment: bool = knob(False, "one TrivialAugmentWide operation per image (Mueller and Hutter, 2021)", BOOL)
+    crop_fill: str = knob("mean", "what the crop pads with: the mean colour, or the image reflected at its edge "
+                          "(airbench)", OneOf(("mean", "reflect")), When("crop_padding", lambda v: v > 0, "crop_padding > 0"))
+    alternate_flip: bool = knob(False, "flip a random half of the images in the first epoch, then flip every image "
+                                "the other way each epoch after (airbench)", BOOL, When("flip", lambda v: v, "flip is true"))
 
     def __post_init__(self) -> None:
         knobs.check(self, self.TABLE)
@@ -127,12 +169,24 @@ class Recipe:
     agc_clip: float = knob(0.01, "adaptive gradient clipping factor (Brock et al., 2021)", Interval(0, open_low=True), OPTIMIZER)
     warmup: float = knob(0.0, "fraction of the steps over which the learning rate first ramps up from zero",
                          Interval(0, 1, open_high=True), SCHEDULE)
-    epochs: int = knob(10, "passes over the training split", Interval(1), shown=True)
+    budget: float = knob(0.0, "training PFLOP of a fit (forward and backward, counted in closed form): its steps follow "
+                         "from the network and the batch; 0: epochs set its length", Interval(0, 1e6), fidelity=True)
+    epochs: int = knob(10, "passes over the training split", Interval(1), When("budget", lambda v: v == 0, "budget is 0"),
+                       shown=True, fidelity=True)
     batch_size: int = knob(128, "images per step", Interval(1, 50_000), shown=True)
     label_smoothing: float = knob(0.0, "label smoothing of the cross-entropy", Interval(0, 1, open_high=True))
-    tta_flip: bool = knob(False, "score each evaluated image by its logits plus its mirror image's", BOOL)
+    tta_flip: bool = knob(False, "score each evaluated image by its logits plus its mirror image's", BOOL, fidelity=True)
     ema: float = knob(0.0, "decay per step of an average of the weights (and BatchNorm statistics) that is evaluated "
                       "and saved instead of them (0: off)", Interval(0, 1, open_high=True))
+    muon_momentum: float = knob(0.6, "momentum of Muon's updates of the conv filters", Interval(0, 1, open_high=True),
+                                OPTIMIZER)
+    lr_bias_scale: float = knob(1.0, "learning rate of BatchNorm's and the biases' parameters, as a multiple of lr",
+                                Interval(0, open_low=True), OPTIMIZER)
+    lr_head_scale: float = knob(1.0, "learning rate of the linear head's weight, as a multiple of lr",
+                                Interval(0, open_low=True), OPTIMIZER)
+    tta_shift: bool = knob(False, "also score each evaluated image shifted by one pixel up-left and down-right "
+                           "(reflected), weighted as airbench: half the image's views, a quarter each shift's", BOOL,
+                           fidelity=True)
     augment: Augment = field(default_factory=Augment)
 
     def __post_init__(self) -> None:

@@ -31,6 +31,8 @@ BATCHES = "cifar-10-batches-py"
 VAL_SIZE = {"cifar10": 5000, "synthetic": 500}
 TRAIN_SIZE = {"cifar10": 50000, "synthetic": 5000}  # the whole training set, validation included
 SPLIT_SEED = 0  # never a flag: every worker must hold out the same images
+NUM_CLASSES = 10
+IMAGE_VALUES = 3 * 32 * 32
 
 
 def default_data_dir() -> Path:
@@ -48,6 +50,10 @@ class Split:
 
     def to(self, device: torch.device | str) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
+
+    def head(self, n: int) -> Split:
+        """The first ``n`` images (views, no copy)."""
+        return Split(self.images[:n], self.labels[:n])
 
 
 def search_splits(name: str, data_dir: str | Path | None = None) -> tuple[Split, Split]:
@@ -117,7 +123,9 @@ def _download(data_dir: Path) -> None:
 
 
 def read_batches(root: Path, files: list[str]) -> Split:
-    """Read pickled batches of the official python layout (no checksum test)."""
+    """Read pickled batches of the official python layout (no checksum test), each checked in full
+    before it is used (:func:`_checked`): a batch that is not what the layout says is a UserError
+    that names the file and what is wrong, before any training."""
     images, labels = [], []
     for f in files:
         path = root / f
@@ -126,17 +134,40 @@ def read_batches(root: Path, files: list[str]) -> Split:
                 raw = pickle.load(fh, encoding="bytes")
             # The official (Python 2) pickles give bytes keys here; copies written by Python 3 may use str.
             batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
-            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            ys = np.asarray(batch["labels"], dtype=np.int64)
+            data, ys = np.asarray(batch["data"]), np.asarray(batch["labels"])
         except FileNotFoundError:
             raise UserError(f"{path} is missing; {root} must hold data_batch_1..5 and test_batch of the official layout") from None
         except Exception as e:
             raise UserError(f"{path} is not a CIFAR-10 batch ({type(e).__name__}: {e}); re-download it or point --data-dir elsewhere") from None
-        if len(data) != len(ys):
-            raise UserError(f"{path} holds {len(data)} images but {len(ys)} labels")
+        data, ys = _checked(path, data, ys)
         images.append(torch.from_numpy(data))
         labels.append(torch.from_numpy(ys))
-    return Split(torch.cat(images), torch.cat(labels))
+    split = Split(torch.cat(images), torch.cat(labels))
+    missing = sorted(set(range(NUM_CLASSES)) - set(torch.unique(split.labels).tolist()))
+    if missing:
+        raise UserError(f"{', '.join(files)} in {root} hold no image of class {missing[0]}; CIFAR-10 has images of "
+                        f"every class 0..{NUM_CLASSES - 1}")
+    return split
+
+
+def _checked(path: Path, data: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's images as uint8 (N, 3, 32, 32) and labels as int64, refused (UserError) unless
+    the images are the official layout, N rows of 3,072 bytes (red plane, green, blue; an
+    (N, 32, 32, 3) array is another layout, which would train on scrambled images), and every
+    label is one of the 10 classes."""
+    if data.ndim != 2 or data.shape[1] != IMAGE_VALUES:
+        raise UserError(f"{path}: its data has shape {data.shape}; the official layout is (N, {IMAGE_VALUES}): one row "
+                        f"of 3,072 bytes per image, the red, green and blue 32x32 planes in turn")
+    if data.dtype != np.uint8 and not (np.issubdtype(data.dtype, np.integer) and data.size and 0 <= data.min() and data.max() <= 255):
+        raise UserError(f"{path}: its data is {data.dtype}; the official layout holds bytes, 0..255")
+    if labels.ndim != 1 or len(labels) != len(data):
+        raise UserError(f"{path} holds {len(data)} images but {labels.size} labels")
+    if not len(data):
+        raise UserError(f"{path} holds no image; re-download it or point --data-dir elsewhere")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES:  # type: ignore[operator]
+        wrong = next(v for v in labels.tolist() if not (isinstance(v, int) and 0 <= v < NUM_CLASSES))
+        raise UserError(f"{path} holds a label of {wrong!r}; CIFAR-10's labels are the integers 0..{NUM_CLASSES - 1}")
+    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def synthetic(n: int, seed: int) -> Split:

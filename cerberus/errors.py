@@ -37,3 +37,38 @@ def int_list(option: str, text: str, minimum: int = 1) -> tuple[int, ...]:
     if not values or min(values) < minimum or len(set(values)) != len(values) and minimum == 0:
         raise UserError(f"{option} {text!r} must be comma-separated {kind}")
     return values
+
+
+class Failure(Exception):
+    """A failure of the world, not of the input: a full disk, a damaged file, a server that went
+    away. One line on stderr and exit code 1, with no traceback."""
+
+
+# errno values a full or failing disk gives, and what to tell the user
+_DISK = {28: "no space left on the device", 122: "the disk quota is used up", 5: "an input/output error on the disk",
+         30: "the file system is read-only"}
+
+
+def world_failure(e: BaseException) -> str | None:
+    """The one line for an exception that the world around cerberus caused, or None for any
+    other: a full or failing disk (OSError, or SQLite's "database or disk is full"), a damaged
+    database file, a storage proxy or database server that stopped answering. The exception's
+    causes are read too: Optuna wraps SQLAlchemy's errors, which wrap SQLite's."""
+    seen: BaseException | None = e
+    while seen is not None:
+        text = " ".join(str(seen).split())
+        lowered = text.lower()
+        if isinstance(seen, OSError) and seen.errno in _DISK:
+            where = f" ({seen.filename})" if seen.filename else ""
+            return f"{_DISK[seen.errno]}{where}: free some space (or give another --out or --storage) and run the same command again"
+        if "database or disk is full" in lowered or "disk i/o error" in lowered:
+            return ("the disk that holds the study is full (SQLite: database or disk is full); nothing more was written: "
+                    "free some space and run the same command again")
+        if "database disk image is malformed" in lowered or "file is not a database" in lowered:
+            return ("the study's database file is damaged (SQLite: database disk image is malformed); restore it from "
+                    "a copy, or give another --storage")
+        if type(seen).__name__ in ("_InactiveRpcError", "RpcError") or "failed to connect to all addresses" in lowered:
+            return ("the storage proxy stopped answering (gRPC: unavailable); start it again with the same --storage and "
+                    "--port, then run the same command again")
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -3,9 +3,9 @@
 Columns, in order (a fixed schema: a column whose value no trial has is empty, not missing):
 
 ``trial, state, reason, val_accuracy, last_val_accuracy, test_accuracy, params, flops,
-latency_ms, stages, blocks, widths, epochs, train_seconds, step_seconds, images_per_s, device, worker,
+latency_ms, stages, blocks, widths, epochs, train_flops, train_seconds, step_seconds, images_per_s, device, worker,
 datetime_start, datetime_complete, duration_s, config``, then the study's definition, the same on
-every row (``study_space, study_space_digest, study_epochs, study_max_params, study_data,
+every row (``study_space, study_space_digest, study_epochs, study_budget, study_max_params, study_data,
 study_objectives``: :class:`cerberus.study.Definition`; empty for a study made before it was
 stored), then ``params_<name>`` for every sampled Optuna parameter (Optuna's own naming, as in
 ``Study.trials_dataframe``).
@@ -43,9 +43,10 @@ if TYPE_CHECKING:
 FORMATS = ("csv", "parquet", "json")
 DATES = ["datetime_start", "datetime_complete"]  # readers of csv and json must be told these are dates
 COLUMNS = ("trial", "state", "reason", "val_accuracy", "last_val_accuracy", "test_accuracy", "params", "flops",
-           "latency_ms", "stages", "blocks", "widths", "epochs", "train_seconds", "step_seconds", "images_per_s", "device", "worker",
+           "latency_ms", "stages", "blocks", "widths", "epochs", "train_flops", "train_seconds", "step_seconds", "images_per_s", "device", "worker",
            "datetime_start", "datetime_complete", "duration_s", "config")
-DEFINITION_COLUMNS = ("study_space", "study_space_digest", "study_epochs", "study_max_params", "study_data", "study_objectives")
+DEFINITION_COLUMNS = ("study_space", "study_space_digest", "study_epochs", "study_budget", "study_max_params", "study_data",
+                      "study_objectives")
 
 
 FLOATS = ("val_accuracy", "last_val_accuracy", "test_accuracy", "latency_ms", "train_seconds", "step_seconds",
@@ -76,7 +77,7 @@ def _definition(study: optuna.Study) -> dict[str, Any]:
     d = stored_definition(study)
     if d is None:
         return dict.fromkeys(DEFINITION_COLUMNS)
-    return {"study_space": d.space, "study_space_digest": d.space_digest, "study_epochs": d.epochs,
+    return {"study_space": d.space, "study_space_digest": d.space_digest, "study_epochs": d.epochs, "study_budget": d.budget,
             "study_max_params": d.max_params, "study_data": d.data, "study_objectives": ",".join(d.objectives)}
 
 
@@ -98,6 +99,7 @@ def _row(t: FrozenTrial, final: dict[str, Any]) -> dict[str, Any]:
         "blocks": _list(arch.get("blocks")),
         "widths": _list(arch.get("widths")),
         "epochs": a.get("epochs"),
+        "train_flops": a.get("train_flops"),
         "train_seconds": a.get("train_seconds"),
         "step_seconds": a.get("step_seconds"),
         "images_per_s": a.get("images_per_s"),
@@ -121,6 +123,7 @@ def choose_format(fmt: str | None, out: Path | None) -> str:
     :func:`check_format`) one this build cannot write."""
     suffix = out.suffix.lstrip(".").lower() if out is not None else ""
     named = suffix if suffix in FORMATS else None
+    fmt = None if fmt is None else fmt.lower()  # CSV is csv, as a file's extension is either
     if fmt is not None and named is not None and fmt != named:
         raise UserError(f"--format {fmt} contradicts --out {out}; give --out a .{fmt} name or drop --format")
     chosen = fmt or named or "csv"

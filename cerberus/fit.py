@@ -47,9 +47,10 @@ import torch.nn.functional as F
 
 from cerberus import augment
 from cerberus import graph as graphs
+from cerberus import size as sizes
 from cerberus.config import EVAL_BATCH, NUM_CLASSES, STATS_CHUNK, Config
 from cerberus.data import Split
-from cerberus.model import ResNet
+from cerberus.model import WHITEN_IMAGES, ResNet
 from cerberus.optim import OPTIMIZERS, Updates
 from cerberus.precision import Precision, choose
 
@@ -61,6 +62,9 @@ class Epoch:
     seconds: float | None = None  # wall time since the fit began at this epoch's end; None when restored
     restored: bool = False  # read back from a checkpoint, not trained by this fit
     diverged: bool = False  # the loss became NaN or infinite in this epoch: the last one yielded
+    progress: float = 0.0  # the share of the fit's steps done at this epoch's end (1.0 after the last)
+    of: int = 0  # the epochs the fit plans in all
+    probe: bool = False  # val_accuracy is the probe's (a few validation images, one view), not the whole split's
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Result:
     resumed_epochs: int = 0  # epochs restored from a checkpoint rather than trained here
     first_step_seconds: float = 0.0  # the first step this fit ran (autotuning, compilation): not in step_seconds
     captured: bool = False  # its steps replayed a CUDA graph (cuda_graph=True on CUDA, recorded without error)
+    train_flops: int = 0  # of the steps run, restored ones included: steps x batch x forward-and-backward FLOPs per image
 
 
 @dataclass
@@ -128,7 +133,8 @@ class Trainer:
     ``batches()`` yields the indices of one epoch's full batches in random order (the ragged
     last batch is dropped, as BatchNorm likes); ``step(idx)`` is one optimisation step on the
     images at ``idx`` and returns the loss as a device tensor, so reading it is a host sync the
-    caller decides on. The schedule spans ``total_steps`` steps (default: the recipe's epochs).
+    caller decides on. :attr:`plan` (:func:`cerberus.size.plan`) says how many steps the fit
+    takes, the recipe's epochs or its FLOP budget's; the schedule spans them (or ``total_steps``).
     """
 
     def __init__(self, config: Config, train: Split, device: torch.device, total_steps: int | None = None,
@@ -144,20 +150,32 @@ class Trainer:
         self.forward = torch.compile(self.model) if compile else self.model
         self.mean, self.std = (t.to(device) for t in _stats(train.images))  # the host split's: once per search
         self.train = train.to(device)
+        self.model.whiten(((self.train.images[:WHITEN_IMAGES].float() / 255) - self.mean) / self.std)
+        # Alternating flips (airbench): each image has a side drawn once, and every other epoch flips them all.
+        aug = self.recipe.augment
+        self.sides = torch.rand(len(train), device=device) < 0.5 if aug.flip and aug.alternate_flip else None
+        self.odd = torch.zeros((), dtype=torch.bool, device=device)
+        self.epoch = 0  # epochs whose batches were drawn
         if self.recipe.batch_size > len(train):
             raise ValueError(f"batch_size {self.recipe.batch_size:,} is larger than the {len(train):,} training images")
         self.batch = self.recipe.batch_size
-        self.steps_per_epoch = len(train) // self.batch
-        total = self.steps_per_epoch * self.recipe.epochs if total_steps is None else total_steps
-        self.updates = Updates(self.model, self.recipe, total, cuda)
+        self.plan = sizes.plan(config, len(train))
+        self.steps_per_epoch = self.plan.steps_per_epoch
+        self.updates = Updates(self.model, self.recipe, self.plan.steps if total_steps is None else total_steps, cuda)
         self.eye = torch.eye(NUM_CLASSES, device=device)
         clips = "agc_clip" in OPTIMIZERS[self.recipe.optimizer].reads
         self.clip = Clip(list(self.model.parameters()), self.recipe.agc_clip) if clips else NoClip()
         self.run = graphs.wrap(self._compute, device, cuda_graph)
 
     def batches(self) -> Iterator[torch.Tensor]:
+        """The next epoch's batches: full ones, as many as the plan has left in it (a budget's
+        last epoch is short), and a whole epoch's past the plan (``bench`` times any number)."""
+        left = self.plan.steps - self.epoch * self.steps_per_epoch
+        steps = left if 0 < left < self.steps_per_epoch else self.steps_per_epoch
+        self.odd.fill_(self.epoch % 2 == 1)
+        self.epoch += 1
         order = torch.randperm(len(self.train), device=self.train.labels.device)
-        for s in range(self.steps_per_epoch):
+        for s in range(steps):
             yield order[s * self.batch : (s + 1) * self.batch]
 
     def step(self, idx: torch.Tensor) -> torch.Tensor:
@@ -169,8 +187,9 @@ class Trainer:
         """Augmentation, forward, backward and clipping of one batch: the part of a step with
         fixed shapes and no host read, which a CUDA graph records (:mod:`cerberus.graph`)."""
         recipe, train = self.recipe, self.train
+        flips = None if self.sides is None else self.sides[idx] ^ self.odd
         x, y = augment.apply(train.images[idx].float() / 255, self.eye[train.labels[idx]], recipe.augment,
-                             self.mean, self.std)
+                             self.mean, self.std, flips)
         with self.precision.autocast(cache=False):  # a graph cannot hold autocast's cache of casts
             logits = self.forward(x.contiguous(memory_format=self.precision.memory_format))
             loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
@@ -190,7 +209,8 @@ class Trainer:
 
     def evaluate(self, split: Split) -> float:
         """Accuracy of :attr:`evaluated` on ``split`` (moved to the device here), with the recipe's TTA."""
-        return evaluate(self.evaluated, split.to(self.eye.device), self.mean, self.std, self.precision, self.recipe.tta_flip)
+        return evaluate(self.evaluated, split.to(self.eye.device), self.mean, self.std, self.precision,
+                        self.recipe.tta_flip, self.recipe.tta_shift)
 
 
 class Fit:
@@ -198,10 +218,11 @@ class Fit:
 
     def __init__(self, config: Config, train: Split, val: Split | None, device: torch.device,
                  seed: int | None = None, compile: bool = False, precision: Precision | None = None,
-                 tally: Tally | None = None, cuda_graph: bool = False) -> None:
+                 tally: Tally | None = None, cuda_graph: bool = False, probe: int | None = None) -> None:
         if seed is not None:
             torch.manual_seed(seed)
         self.config, self.device, self.compiled = config, device, compile
+        self.probe = probe
         self.trainer = Trainer(config, train, device, compile=compile, precision=precision or choose(device),
                                cuda_graph=cuda_graph)
         self.val = None if val is None else val.to(device)
@@ -233,29 +254,52 @@ class Fit:
         t = self.trainer
         t.model.load_state_dict(state["model"])
         t.updates.load_state_dict(state["updates"])
+        t.epoch = len(state["history"])
         set_rng_state(state["rng"], self.device)
         self.step_seconds, self._restored = float(state["step_seconds"]), [float(a) for a in state["history"]]
         self.epochs = self.resumed_epochs = len(self._restored)
         self.history = list(self._restored)
 
     def __iter__(self) -> Iterator[Epoch]:
-        p, recipe = self.tally, self.config.recipe
-        p.epochs, p.steps_per_epoch, p.batch = recipe.epochs, self.trainer.steps_per_epoch, self.trainer.batch
+        p = self.tally
+        p.epochs, p.steps_per_epoch, p.batch = self.trainer.plan.epochs, self.trainer.steps_per_epoch, self.trainer.batch
         p.epoch = p.resumed = self.resumed_epochs  # set before the restored epochs are yielded
         p.step = self.trainer.steps_per_epoch if self.resumed_epochs else 0
+        plan = self.trainer.plan
         for number, accuracy in enumerate(self._restored, 1):
-            yield Epoch(number, accuracy, restored=True)
-        while self.epochs < recipe.epochs:
+            yield Epoch(number, accuracy, restored=True, progress=self._progress(number), of=plan.epochs,
+                        probe=self._probes(number))
+        while self.epochs < plan.epochs:
             if not self._train_epoch():
                 self.diverged = True
-                yield Epoch(self.epochs + 1, None, time.perf_counter() - self.started, diverged=True)
+                yield Epoch(self.epochs + 1, None, time.perf_counter() - self.started, diverged=True,
+                            progress=self._progress(self.epochs + 1), of=plan.epochs)
                 return
             self.epochs += 1
-            accuracy = None if self.val is None else self.trainer.evaluate(self.val)
+            accuracy = self._score()
             if accuracy is not None:
                 self.history.append(accuracy)
             self.clock.append(time.perf_counter() - self.started)
-            yield Epoch(self.epochs, accuracy, self.clock[-1])
+            yield Epoch(self.epochs, accuracy, self.clock[-1], progress=self._progress(self.epochs), of=plan.epochs,
+                        probe=self._probes(self.epochs))
+
+    def _progress(self, epoch: int) -> float:
+        plan = self.trainer.plan
+        return min(epoch * plan.steps_per_epoch, plan.steps) / plan.steps
+
+    def _probes(self, epoch: int) -> bool:
+        return self.probe is not None and self.val is not None and epoch < self.trainer.plan.epochs
+
+    def _score(self) -> float | None:
+        """The epoch's validation accuracy: of the first ``probe`` images, one view each, before
+        the last epoch (a cheap estimate for the pruner, as often as every epoch), and of the
+        whole split with the recipe's test-time views after it (the trial's score)."""
+        if self.val is None:
+            return None
+        if self._probes(self.epochs):
+            return evaluate(self.trainer.evaluated, self.val.head(self.probe), self.trainer.mean, self.trainer.std,  # type: ignore[arg-type]
+                            self.trainer.precision)
+        return self.trainer.evaluate(self.val)
 
     def _train_epoch(self) -> bool:
         """One epoch of steps; whether its loss stayed finite (read once, the epoch's one sync)."""
@@ -283,15 +327,16 @@ class Fit:
 
     def result(self) -> Result:
         """What the fit did so far: the epochs it ran (restored ones included) and their timings."""
-        steps = self.epochs * self.tally.steps_per_epoch - (self.first_step_seconds is not None)
-        images = steps * self.tally.batch
+        plan = self.trainer.plan
+        done = min(self.epochs * plan.steps_per_epoch, plan.steps)
+        images = (done - (self.first_step_seconds is not None)) * self.tally.batch
         return Result(
             val_accuracy=self.history[-1] if self.history else 0.0, epochs=self.epochs,
             train_seconds=time.perf_counter() - self.started,
             images_per_s=images / self.step_seconds if self.step_seconds else 0.0,
             step_seconds=self.step_seconds, history=list(self.history), epoch_seconds=list(self.clock),
             diverged=self.diverged, resumed_epochs=self.resumed_epochs, first_step_seconds=self.first_step_seconds or 0.0,
-            captured=self.trainer.run.captured)
+            captured=self.trainer.run.captured, train_flops=plan.flops * done // plan.steps)
 
 
 def fit(config: Config, train: Split, val: Split | None, device: torch.device, seed: int | None = None,
@@ -331,10 +376,10 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, mean: torch.Tensor, std: torch.Tensor,
-             precision: Precision | None = None, tta_flip: bool = False) -> float:
+             precision: Precision | None = None, tta_flip: bool = False, tta_shift: bool = False) -> float:
     """Accuracy of ``model`` on ``split`` in large batches, in ``precision`` (by default the
-    one :func:`cerberus.precision.choose` picks for the split's device); with ``tta_flip`` each
-    image is scored by the sum of the logits of it and its mirror image."""
+    one :func:`cerberus.precision.choose` picks for the split's device), each image scored by
+    :func:`tta_logits` of its views."""
     model.eval()
     device = split.images.device
     precision = precision or choose(device)
@@ -343,11 +388,25 @@ def evaluate(model: torch.nn.Module, split: Split, mean: torch.Tensor, std: torc
         x = ((split.images[i : i + EVAL_BATCH].float() / 255) - mean) / std
         x = x.contiguous(memory_format=precision.memory_format)
         with precision.autocast():
-            logits = model(x).float()
-            if tta_flip:
-                logits += model(x.flip(3)).float()
+            logits = tta_logits(model, x, tta_flip, tta_shift)
         correct += (logits.argmax(1) == split.labels[i : i + EVAL_BATCH]).sum()
     return correct.item() / len(split)
+
+
+def tta_logits(model: torch.nn.Module, x: torch.Tensor, flip: bool, shift: bool) -> torch.Tensor:
+    """The logits that score a batch: the image's own, plus its mirror image's with ``flip``;
+    with ``shift``, half that and a quarter each of the same for the image shifted one pixel
+    up-left and down-right, its edge reflected (airbench's test-time augmentation)."""
+    def views(batch: torch.Tensor) -> torch.Tensor:
+        logits = model(batch).float()
+        return logits + model(batch.flip(3)).float() if flip else logits
+
+    logits = views(x)
+    if shift:
+        h, w = x.shape[2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        logits = 0.5 * logits + 0.25 * (views(padded[..., :h, :w]) + views(padded[..., 2:, 2:]))
+    return logits
 
 
 _STATS: dict[int, tuple[weakref.ref, tuple[torch.Tensor, torch.Tensor]]] = {}  # id of a split's images -> its statistics

@@ -19,6 +19,7 @@ Every failure is a ValueError whose message names the field and what it allows.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -162,12 +163,15 @@ class Spec:
     acts: Acts = ALWAYS
     shown: bool = False  # always in the one-line summary, even at its default
     per_stage: bool = False  # a tuple of one value per stage (Arch.blocks, Arch.widths); ``allowed`` is per value
+    # how long it trains or how it is scored, not what it is: a search's to set (epochs, budget,
+    # test-time views), so a configuration enqueued into a space keeps the space's
+    fidelity: bool = False
 
 
 def knob(default: Any, doc: str, allowed: Allowed, acts: Acts = ALWAYS, shown: bool = False,
-         per_stage: bool = False) -> Any:
+         per_stage: bool = False, fidelity: bool = False) -> Any:
     """A dataclass field with its :class:`Spec`; ``dataclasses.MISSING`` makes it required."""
-    spec = Spec(doc, allowed, acts, shown, per_stage)
+    spec = Spec(doc, allowed, acts, shown, per_stage, fidelity)
     return dataclasses.field(default=default, metadata={"knob": spec})
 
 
@@ -187,6 +191,7 @@ class Field:
         return self.spec.allowed.words(self.item)
 
 
+@functools.cache
 def fields(cls: type) -> list[Field]:
     """The declared fields of ``cls`` in declaration order (nested dataclasses left out)."""
     hints = typing.get_type_hints(cls)

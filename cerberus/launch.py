@@ -12,6 +12,7 @@ rejections or failures in a row), 128 + N when signal N stopped it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from cerberus.study import Definition, Request
 
 
+MAX_HEARTBEAT = 3600  # seconds: a dead worker's trial waits three of them for its retry
+
+
 def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -45,6 +49,7 @@ class Asked:
     space: str | None = None
     max_params: int | None = None
     epochs: int | None = None
+    budget: float | None = None
     device: str = "auto"
     data: str | None = None
     data_dir: Path | None = None
@@ -59,6 +64,7 @@ class Asked:
     cuda_graph: bool = False
     precision: str = "auto"
     objectives: str | None = None
+    pruner: str = "median"
     enqueue_seed: bool | None = None
     enqueue: tuple[Path, ...] = ()
 
@@ -71,17 +77,8 @@ def run(asked: Asked) -> int:
     from cerberus import workers as pool
     from cerberus.devices import resolve_device
     from cerberus.search import RunOptions, count_trained
-    from cerberus.precision import check_precision
 
-    for name, value in (("--trials", asked.trials), ("--max-params", asked.max_params), ("--epochs", asked.epochs),
-                        ("--timeout", asked.timeout), ("--workers", asked.workers), ("--max-failures", asked.max_failures),
-                        ("--heartbeat", asked.heartbeat)):
-        positive(name, value)
-    if asked.checkpoint_every < 0:
-        raise UserError(f"--checkpoint-every must be 0 (every epoch) or more seconds, got {asked.checkpoint_every:g}")
-    if asked.data is not None and asked.data not in datasets.DATASETS:
-        raise UserError(f"--data {asked.data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
-    check_precision(asked.precision)
+    check_options(asked)
     devices = worker_devices(asked.device, asked.gpus, asked.workers)
     resolved = [resolve_device(d) for d in devices]
     check_graphable(asked.cuda_graph, resolved)
@@ -91,23 +88,23 @@ def run(asked: Asked) -> int:
     studies.check_budget(space, definition.max_params)
     studies.check_batches(space, definition.data)
     for d in sorted(set(resolved), key=str):
-        studies.check_memory_floor(space, d, definition.data, asked.precision)
+        studies.check_memory_floor(space, d, definition.data, asked.precision, workers=resolved.count(d))
     known = known_configs(space, definition.space, asked.enqueue_seed, list(asked.enqueue))
     splits = datasets.search_splits(definition.data, asked.data_dir)  # a missing or broken dataset is refused here
     study = studies.create_study(asked.study, stores.open_storage(asked.storage, create=True, heartbeat=asked.heartbeat),
-                                 asked.seed, definition=definition)
+                                 asked.seed, definition=definition, pruner=asked.pruner)
     queued = [label for config, label in known if studies.enqueue(study, space, config, label)]
     if queued:
         say(f"queued {len(queued)} known configuration(s) to train first: {', '.join(queued)}")
     done = count_trained(study)
     say(f"study {asked.study!r} in {asked.storage}: {done} of {asked.trials} trained trials; {definition.describe()}; "
         f"{len(devices)} worker(s) on {', '.join(sorted({str(d) for d in resolved}))}")
-    opts = RunOptions(asked.trials, definition.max_params, definition.epochs, "cpu", definition.data,
+    opts = RunOptions(asked.trials, definition.max_params, definition.epochs, definition.budget, "cpu", definition.data,
                       str(asked.data_dir) if asked.data_dir else None, asked.seed, asked.timeout, asked.max_failures,
                       stores.artifact_dir(asked.storage, asked.study), asked.compile, definition.objectives,
                       stores.grace_period(asked.heartbeat), asked.precision,
                       pulse=asked.heartbeat if stores.is_proxy(asked.storage) else None,
-                      checkpoint_every=asked.checkpoint_every, cuda_graph=asked.cuda_graph)
+                      checkpoint_every=asked.checkpoint_every, cuda_graph=asked.cuda_graph, pruner=asked.pruner)
     if len(devices) > 1:
         jobs = [pool.for_device(pool.Job(asked.study, asked.storage, asked.heartbeat, opts, i), str(d))
                 for i, d in enumerate(resolved)]
@@ -121,6 +118,34 @@ def run(asked: Asked) -> int:
     return _stopped_early(result, asked.max_failures)
 
 
+def check_options(asked: Asked) -> None:
+    """Refuse (UserError) every option of ``asked`` that is wrong on its own, before anything is read."""
+    from cerberus import data as datasets
+    from cerberus import study as studies
+    from cerberus.precision import check_precision
+    from cerberus.reporter import interval_seconds
+
+    for name, value in (("--trials", asked.trials), ("--max-params", asked.max_params), ("--epochs", asked.epochs),
+                        ("--budget", asked.budget), ("--timeout", asked.timeout), ("--workers", asked.workers),
+                        ("--max-failures", asked.max_failures), ("--heartbeat", asked.heartbeat)):
+        positive(name, value)
+    if asked.heartbeat > MAX_HEARTBEAT:
+        raise UserError(f"--heartbeat {asked.heartbeat} is longer than {MAX_HEARTBEAT} s; a dead worker's trial waits "
+                        f"three heartbeats for its retry: give 1..{MAX_HEARTBEAT}")
+    if asked.epochs is not None and asked.budget is not None:
+        raise UserError("give --epochs or --budget, not both: a trial's length is one or the other")
+    if not asked.checkpoint_every >= 0:  # `not >=` refuses nan too
+        raise UserError(f"--checkpoint-every must be 0 (every epoch) or more seconds, got {asked.checkpoint_every:g}")
+    if asked.seed is not None and not 0 <= asked.seed < 2**32:
+        raise UserError(f"--seed {asked.seed} is out of range; allowed: 0..{2**32 - 1}")
+    if asked.data is not None and asked.data not in datasets.DATASETS:
+        raise UserError(f"--data {asked.data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
+    check_precision(asked.precision)
+    if asked.pruner not in studies.PRUNERS:
+        raise UserError(f"--pruner {asked.pruner!r} is not a pruner; allowed: {', '.join(studies.PRUNERS)}")
+    interval_seconds()  # $CERBERUS_PROGRESS_SECONDS, read now rather than as the first trial starts
+
+
 def work() -> int:
     """One of ``run --workers``'s processes: its job (:class:`cerberus.workers.Job`) comes in
     the environment; it joins the study as a worker on another machine would."""
@@ -131,7 +156,8 @@ def work() -> int:
 
     job = pool.Job.from_env()
     study = studies.create_study(job.study, stores.open_storage(job.storage, create=True, heartbeat=job.heartbeat),
-                                 job.options.seed, worker=job.index, objectives=job.options.objectives)
+                                 job.options.seed, worker=job.index, objectives=job.options.objectives,
+                                 pruner=job.options.pruner)
     definition = studies.stored_definition(study)
     if definition is None:
         raise UserError(f"study {job.study!r} stores no definition; start the workers with `cerberus-search run`")
@@ -152,7 +178,10 @@ def worker_devices(device: str, gpus: str | None, workers: int) -> list[str]:
     from cerberus.devices import resolve_device
 
     if gpus is None:
-        resolve_device(device)
+        if resolve_device(device).type == "cpu" and workers > (os.cpu_count() or 1):
+            cores = os.cpu_count() or 1
+            raise UserError(f"--workers {workers} on a CPU of {cores} core(s): each worker trains on its share of the "
+                            f"cores, and more workers than cores only fight over them; allowed: 1..{cores}")
         return [device] * workers
     indices = int_list("--gpus", gpus, minimum=0)
     for i in indices:
@@ -171,7 +200,7 @@ def _request(asked: Asked) -> Request:
         path = shipped.resolve(asked.space, shipped.SPACE, "--space")
         text, name = read_text(path, f"space file {path}"), studies.space_name(path)
     goals = None if asked.objectives is None else studies.parse_objectives(asked.objectives)
-    return studies.Request(name, text, asked.max_params, asked.epochs, asked.data, goals)
+    return studies.Request(name, text, asked.max_params, asked.epochs, asked.data, goals, asked.budget)
 
 
 def _definition(name: str, url: str, asked: Request) -> Definition:
@@ -196,15 +225,19 @@ def _definition(name: str, url: str, asked: Request) -> Definition:
 
 
 def known_configs(space: Space, space_name: str, enqueue_seed: bool | None, files: list[Path]) -> list[tuple[Any, str]]:
-    """(config, label) pairs to queue: the course project's unless switched off (by default only
-    for the default and cpu spaces: at full width, or at the quarter width the space holds),
-    then each file's; every one is checked against the space now."""
+    """(config, label) pairs to queue: the seed unless switched off (by default only for the
+    default and cpu spaces): the shipped fast configuration where the space holds it, else the
+    course project's, at full width or at the quarter width the space holds; then each file's.
+    Every one is checked against the space now."""
+    from cerberus import shipped
     from cerberus.config import COURSE, COURSE_CONFIGS, read_configs
 
     if enqueue_seed is None:  # the shipped spaces, or the user's copies of them
         enqueue_seed = Path(space_name).stem in ("default", "cpu")
-    seed = next((c for c in COURSE_CONFIGS if _expresses(space, c)), COURSE)
-    known = [(seed, "seed")] if enqueue_seed else []
+    (fast,) = read_configs(shipped.folder() / "fast.json", "the shipped fast.json")
+    seeds = [(fast, "fast.json"), *((c, "seed") for c in COURSE_CONFIGS)]
+    seed = next((s for s in seeds if _expresses(space, s[0])), (COURSE, "seed"))
+    known = [seed] if enqueue_seed else []
     for path in files:
         configs = read_configs(path, "--enqueue")
         known += [(c, f"{path.name}#{i}" if len(configs) > 1 else path.name) for i, c in enumerate(configs)]
@@ -212,7 +245,7 @@ def known_configs(space: Space, space_name: str, enqueue_seed: bool | None, file
         try:
             space.params_for(config)
         except UserError as e:
-            raise UserError(f"--enqueue{'-seed' if label == 'seed' else ' ' + label}: {e}") from None
+            raise UserError(f"--enqueue{'-seed' if (config, label) == seed else ' ' + label}: {e}") from None
     return known
 
 

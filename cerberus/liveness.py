@@ -10,6 +10,7 @@ which resumes from the trial's checkpoint; this module adds what Optuna leaves o
   :class:`NoPulse` is its null object, where the storage keeps heartbeats itself.
 * :class:`Orphans`: the retry that a dying worker could not queue.
 * :func:`queue_again`: the retry of a trial that Ctrl-C stopped.
+* :func:`fail_dead_here`: the retry of a trial whose worker on this machine was killed, at once.
 * :func:`sweep_checkpoints`: deleting the checkpoints that no trial will resume.
 
 The callbacks here run after every trial, as Optuna callbacks, beside the search's stopping rules.
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
+import socket
 import threading
 import time
 import warnings
@@ -97,7 +100,10 @@ class Pulse(NoPulse):
 
         def beat() -> None:
             while True:
-                trial.set_user_attr("alive", time.time())  # the first at once: a retry inherits an old one
+                try:
+                    trial.set_user_attr("alive", time.time())  # the first at once: a retry inherits an old one
+                except Exception:  # the storage is gone (the trial's own writes will say so): stop beating
+                    return
                 if done.wait(self.interval):
                     return
 
@@ -128,6 +134,37 @@ class Pulse(NoPulse):
             self.fail_stale(study, self.snapshot(study, trial))
 
 
+def fail_dead_here(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> int:
+    """Fail every RUNNING trial whose worker ran on this machine and is gone (its process no
+    longer exists), and queue its retry, which resumes from its checkpoint; the number failed.
+    Optuna's heartbeat would do the same after three silent heartbeats, but a run started again
+    at once after a kill would meanwhile count the dead trial as one another worker is training,
+    and stop one short. A trial of another machine is left to the heartbeat."""
+    host = socket.gethostname()
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    dead = [t for t in trials if t.state == TrialState.RUNNING and _gone(t.user_attrs.get("worker", ""), host)]
+    for t in dead:
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        failed = study.get_trials(deepcopy=False)[t.number]
+        if failed.state == TrialState.FAIL and failed.user_attrs.get("reason") is None:
+            retry(study, failed)
+    return len(dead)
+
+
+def _gone(worker: str, host: str) -> bool:
+    """Whether ``worker`` (``host:pid``, a trial's user attr) is a process of this machine that has exited."""
+    name, _, pid = worker.rpartition(":")
+    if name != host or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def retry(study: optuna.Study, trial: FrozenTrial) -> None:
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
@@ -146,7 +183,8 @@ def queue_again(study: optuna.Study, number: int | None) -> None:
 
 
 def sweep_checkpoints(study: optuna.Study, artifacts: Path | None, grace: float | None, max_retry: int) -> None:
-    """Delete the checkpoints no trial will resume, and stray ``.tmp`` files.
+    """Delete the checkpoints no trial will resume, and stray ``.tmp`` files (a checkpoint set
+    aside, ``.discarded``, stays for a person to look at).
 
     A family keeps its checkpoint while one of its trials is RUNNING or WAITING, and while its
     last trial is a failure that may still be retried (killed or interrupted, fewer than

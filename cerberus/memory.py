@@ -10,8 +10,8 @@ compares the two with :data:`HEADROOM`, and :func:`is_out_of_memory` tells an al
 failed anyway.
 
 What the count assumes, for the family of :mod:`cerberus.model` (convs without bias, BatchNorm,
-ReLU, identity or projection shortcuts, average pool, linear) and the step of
-:class:`cerberus.fit.Trainer`:
+ReLU or GELU, identity or projection shortcuts, strides or max-pools, a conv or whitening
+stem, an average or max pool, linear) and the step of :class:`cerberus.fit.Trainer`:
 
 * Saved for backward, per training forward at batch N: the input batch (the stem conv keeps it);
   the stem's conv output (kept by its BatchNorm) and its ReLU output; per BasicBlock conv1's
@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cerberus import size
-from cerberus.config import EVAL_BATCH, NUM_CLASSES, STATS_CHUNK, Arch, Config, Recipe
+from cerberus.config import EVAL_BATCH, NUM_CLASSES, STATS_CHUNK, WHITEN_KERNEL, WHITEN_WIDTH, Arch, Config, Recipe
 from cerberus.errors import UserError
 from cerberus.optim import OPTIMIZERS
 from cerberus.precision import Precision
@@ -95,6 +95,7 @@ UPDATE_COPIES = 4
 MMAP_MIN = 32 * 2**20
 HEAP_COPIES = 2
 CUDA_WORKSPACE = 256 * 2**20  # an allowance for cuDNN's workspaces: not measured (no GPU yet)
+WORKER_LIBRARIES = 620 * 2**20  # VmRSS of `python -c "import torch, optuna, cerberus.search"`: 605 MiB on the 2-core EPYC
 CPU_RUNTIME = 96 * 2**20  # the first trainer of a process brings up threads and kernels: 72 to 76 MiB measured, ~0 the next
 # A trial runs only when its estimate is at most this share of what the device offers. The rest
 # is for what the estimate leaves out (library workspaces, the interpreter's own growth, the
@@ -132,12 +133,36 @@ class Estimate:
 
 
 def saved_maps(arch: Arch, batch: int) -> list[tuple[int, int]]:
-    """(values, how many) of the maps a training forward at ``batch`` keeps for backward, the
-    input batch aside: the stem's two, four per block (five with a projection), the features."""
-    maps = [(batch * arch.widths[0] * size.IMAGE_SIDE ** 2, 2)]
+    """(values, how many) of the activation maps a training forward at ``batch`` keeps for
+    backward, the input batch aside: the stem's two (a whitening stem's one), four per block
+    (five with a projection), the features. GELU keeps its input where ReLU keeps its output,
+    which the next conv keeps anyway: one more map per activation. A stage that max-pools keeps
+    its first conv's output at the incoming resolution, and its shortcut's pooled input."""
+    gelu = arch.activation == "gelu"
+    if arch.stem == "whiten":
+        side = size.IMAGE_SIDE - WHITEN_KERNEL + 1
+        maps = [(batch * WHITEN_WIDTH * side ** 2, 1 + gelu)]
+    else:
+        maps = [(batch * arch.widths[0] * size.IMAGE_SIDE ** 2, 2 + gelu)]
     for s in size.stages(arch):
-        maps.append((batch * s.width * s.side ** 2, 4 * s.blocks + s.projection))
+        maps.append((batch * s.width * s.side ** 2, (4 + 2 * gelu) * s.blocks + s.projection))
+        if s.pooled:
+            maps.append((batch * s.width * s.side_in ** 2, 1))
+            if s.projection:
+                maps.append((batch * s.c_in * s.side ** 2, 1))
     return maps + [(batch * size.features(arch), 1)]
+
+
+def saved_indices(arch: Arch, batch: int) -> list[tuple[int, int]]:
+    """(values, how many) of the int64 indices the max-pools keep for backward: a pooling
+    stage's two (its block's and its shortcut's), and a max head pool's."""
+    out = []
+    for s in size.stages(arch):
+        if s.pooled:
+            out += [(batch * s.width * s.side ** 2, 1), (batch * s.c_in * s.side ** 2, 1)]
+    if arch.pool_type == "max":
+        out.append((batch * size.features(arch), 1))
+    return out
 
 
 def _resident(allocations: list[tuple[int, int]], cpu: bool) -> tuple[int, int]:
@@ -161,6 +186,7 @@ def estimate(config: Config, precision: Precision, train_images: int, val_images
     maps = saved_maps(arch, batch)
     step = [(act * values, n) for values, n in maps] + [(act * max(v for v, _ in maps), BACKWARD_MAPS),
             (4 * IMAGE * batch, AUGMENT_COPIES), (4 * batch * NUM_CLASSES, LOSS_COPIES)]
+    step += [(8 * values, n) for values, n in saved_indices(arch, batch)]
     if act == 2:
         step += [(2 * IMAGE * batch, 1), (2 * sum(n * k for n, k in weights), 1)]  # the bf16 input and weights
     update = [(4 * largest_weight, UPDATE_COPIES)]
@@ -169,7 +195,7 @@ def estimate(config: Config, precision: Precision, train_images: int, val_images
     evaluation: list[tuple[int, int]] = []
     if val_images:
         n = min(EVAL_BATCH, val_images)
-        inputs = 3 + recipe.tta_flip  # the float batch, its normalising temporaries, the mirror
+        inputs = 3 + recipe.tta_flip + 3 * recipe.tta_shift  # the float batch, its normalising temporaries, the views
         largest = max(v for v, _ in saved_maps(arch, n))
         evaluation = [(act * largest, EVAL_MAPS), (4 * IMAGE * n, inputs), (4 * n * NUM_CLASSES, 2)]
     step_heap, step_mapped = _resident(step, cpu)
@@ -188,6 +214,12 @@ def estimate(config: Config, precision: Precision, train_images: int, val_images
         evaluation_mapped=eval_mapped,
         runtime=CPU_RUNTIME if cpu else CUDA_WORKSPACE,
     )
+
+
+def worker_process(images: int) -> int:
+    """Resident bytes of a worker process before its first trial: the interpreter with torch,
+    Optuna and SQLAlchemy loaded (:data:`WORKER_LIBRARIES`), and its copy of ``images`` images."""
+    return WORKER_LIBRARIES + images * (IMAGE + LABEL)
 
 
 def memory_limit() -> int | None:
@@ -232,26 +264,52 @@ def host_available() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def cgroup_available(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """What this process's memory cgroup leaves before its limit (v2 ``memory.max``, v1
-    ``memory.limit_in_bytes``), counting its inactive file cache as free, as the kernel reclaims
-    that first; None without a limit. A container's limit is invisible in /proc/meminfo, and
-    crossing it kills the process just as running out of RAM does."""
-    for limit_file, usage_file, stat_file, inactive in (
-        (root / "memory.max", root / "memory.current", root / "memory.stat", "inactive_file"),
-        (root / "memory" / "memory.limit_in_bytes", root / "memory" / "memory.usage_in_bytes",
-         root / "memory" / "memory.stat", "total_inactive_file"),
-    ):
-        try:
-            limit_text = limit_file.read_text().strip()
-            if limit_text == "max" or int(limit_text) >= 2**60:  # v1 writes "no limit" as ~2**63
-                return None
-            stat = dict(line.split() for line in stat_file.read_text().splitlines() if line.strip())
-            used = int(usage_file.read_text()) - int(stat.get(inactive, 0))
-            return max(0, int(limit_text) - used)
-        except (OSError, ValueError):
-            continue
-    return None
+def cgroup_available(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> int | None:
+    """What this process's memory cgroups leave before their limits (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``), counting inactive file cache as free, as the kernel reclaims
+    that first; None without a limit. The process's own group is read from ``membership``
+    (``/proc/self/cgroup``), and every group from it up to the root limits it: the least any of
+    them leaves counts. A container's limit is invisible in /proc/meminfo, and crossing it kills
+    the process just as running out of RAM does."""
+    left = [n for n in (_group_available(d, v2) for d, v2 in _groups(root, membership)) if n is not None]
+    return min(left) if left else None
+
+
+def _groups(root: Path, membership: Path) -> list[tuple[Path, bool]]:
+    """(folder, is v2) of this process's memory cgroup and each one above it, innermost first."""
+    own: dict[bool, str] = {}
+    try:
+        for line in membership.read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":
+                own[True] = path
+            elif "memory" in controllers.split(","):
+                own[False] = path
+    except (OSError, ValueError):
+        pass
+    out = []
+    for v2, base in ((True, root), (False, root / "memory")):
+        folder = base / own.get(v2, "/").lstrip("/")
+        while True:
+            out.append((folder, v2))
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return out
+
+
+def _group_available(folder: Path, v2: bool) -> int | None:
+    names = (("memory.max", "memory.current", "inactive_file") if v2 else
+             ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+    try:
+        limit_text = (folder / names[0]).read_text().strip()
+        if limit_text == "max" or int(limit_text) >= 2**60:  # v1 writes "no limit" as ~2**63
+            return None
+        stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if line.strip())
+        used = int((folder / names[1]).read_text()) - int(stat.get(names[2], 0))
+        return max(0, int(limit_text) - used)
+    except (OSError, ValueError):
+        return None
 
 
 def fits(need: int, offered: int) -> bool:

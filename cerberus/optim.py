@@ -47,45 +47,81 @@ def _kernels(cuda: bool) -> dict[str, bool]:
     return {"fused": True} if cuda else {"foreach": True}
 
 
+def _groups(model: torch.nn.Module, r: Recipe, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Parameter groups of ``model``'s ``names`` groups (:meth:`cerberus.model.ResNet.parameter_groups`)
+    at their learning rates: ``lr`` for the filters, times ``lr_head_scale`` for the head and
+    ``lr_bias_scale`` for BatchNorm and the biases. Groups of the same rate are one group."""
+    scale = {"filters": 1.0, "head": r.lr_head_scale, "other": r.lr_bias_scale}
+    by_lr: dict[float, list[Any]] = {}
+    for name, params in model.parameter_groups().items():  # type: ignore[operator]
+        if name in names and params:
+            by_lr.setdefault(r.lr * scale[name], []).extend(params)
+    return [{"params": params, "lr": lr} for lr, params in by_lr.items()]
+
+
 def _sgd(nesterov: bool) -> Callable[..., list[torch.optim.Optimizer]]:
     def build(model: torch.nn.Module, r: Recipe, cuda: bool) -> list[torch.optim.Optimizer]:
         import torch
 
-        return [torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay,
-                                nesterov=nesterov and r.momentum > 0, **_kernels(cuda))]
+        return [torch.optim.SGD(_groups(model, r, ("filters", "head", "other")), lr=r.lr, momentum=r.momentum,
+                                weight_decay=r.weight_decay, nesterov=nesterov and r.momentum > 0, **_kernels(cuda))]
     return build
+
+
+def _muon(model: torch.nn.Module, r: Recipe, cuda: bool) -> list[torch.optim.Optimizer]:
+    """Muon on the conv filters (:mod:`cerberus.muon`) and Nesterov SGD on the rest, whose
+    weight decay is divided by each group's learning rate, as airbench does (``weight_decay=wd/lr``),
+    so that every group decays alike whatever its learning rate."""
+    import torch
+
+    from cerberus.muon import FilterMuon
+    from cerberus.precision import cpu_has_native_bf16
+
+    groups = _groups(model, r, ("head", "other"))
+    for g in groups:
+        g["weight_decay"] = r.weight_decay / g["lr"]
+    filters = FilterMuon(model.parameter_groups()["filters"], lr=r.lr, momentum=r.muon_momentum,  # type: ignore[operator]
+                         native_bf16=cuda or cpu_has_native_bf16())
+    return [filters, torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.momentum > 0, **_kernels(cuda))]
+
+
+def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _adam(model: torch.nn.Module, r: Recipe, cuda: bool) -> list[torch.optim.Optimizer]:
     import torch
 
-    return [torch.optim.Adam(model.parameters(), lr=r.lr, weight_decay=r.weight_decay, **_kernels(cuda))]
+    return [torch.optim.Adam(_trainable(model), lr=r.lr, weight_decay=r.weight_decay, **_kernels(cuda))]
 
 
 def _adamw(model: torch.nn.Module, r: Recipe, cuda: bool) -> list[torch.optim.Optimizer]:
     import torch
 
-    return [torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay, **_kernels(cuda))]
+    return [torch.optim.AdamW(_trainable(model), lr=r.lr, weight_decay=r.weight_decay, **_kernels(cuda))]
 
 
 def _adadelta(model: torch.nn.Module, r: Recipe, cuda: bool) -> list[torch.optim.Optimizer]:
     import torch
 
-    return [torch.optim.Adadelta(model.parameters(), lr=r.lr, weight_decay=r.weight_decay, foreach=True)]
+    return [torch.optim.Adadelta(_trainable(model), lr=r.lr, weight_decay=r.weight_decay, foreach=True)]
 
 
 def _momentum_copies(r: Recipe) -> int:
     return 1 if r.momentum > 0 else 0  # torch keeps no momentum buffer at 0
 
 
+SCALES = ("lr_bias_scale", "lr_head_scale")
 OPTIMIZERS: dict[str, Optimizer] = {
-    "sgd": Optimizer("SGD with momentum", ("momentum",), _momentum_copies, _sgd(False)),
-    "nesterov": Optimizer("SGD with Nesterov momentum", ("momentum",), _momentum_copies, _sgd(True)),
+    "sgd": Optimizer("SGD with momentum", ("momentum", *SCALES), _momentum_copies, _sgd(False)),
+    "nesterov": Optimizer("SGD with Nesterov momentum", ("momentum", *SCALES), _momentum_copies, _sgd(True)),
     "adam": Optimizer("Adam (weight decay as an L2 term)", (), lambda r: 2, _adam),
     "adamw": Optimizer("AdamW (decoupled weight decay)", (), lambda r: 2, _adamw),
     "adadelta": Optimizer("Adadelta", (), lambda r: 2, _adadelta, fused=False),
     "adadelta_agc": Optimizer("Adadelta with adaptive gradient clipping (Brock et al., 2021)", ("agc_clip",),
                               lambda r: 2, _adadelta, fused=False),
+    "muon": Optimizer("Muon on the conv filters (torch.optim.Muon, each filter bank a matrix; Keller Jordan), "
+                      "Nesterov SGD on the rest", ("momentum", "muon_momentum", *SCALES), lambda r: 1, _muon),
 }
 
 
@@ -119,10 +155,19 @@ def _onecycle(optimizer: torch.optim.Optimizer, r: Recipe, total: int) -> torch.
                                                total_steps=max(total, 2), cycle_momentum=cycles)
 
 
+def _linear(optimizer: torch.optim.Optimizer, r: Recipe, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    import torch
+
+    warm = r.warmup * total
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _warm(r, total, lambda t: max(total - t, 0) / max(total - warm, 1)))
+
+
 SCHEDULES: dict[str, Schedule] = {
     "cosine": Schedule("cosine decay to zero, after a linear warm-up", ("warmup",), _cosine),
     "step": Schedule("10x drops at the milestones, after a linear warm-up", ("milestones", "warmup"), _step),
     "onecycle": Schedule("torch's OneCycleLR (its own warm-up; momentum cycles where there is one)", (), _onecycle),
+    "linear": Schedule("linear decay to near zero at the last step, after a linear warm-up (airbench)", ("warmup",),
+                       _linear),
 }
 
 

@@ -44,10 +44,13 @@ class Precision:
 
     @property
     def memory_format(self) -> torch.memory_format:
+        """oneDNN and cuDNN both run bf16 convs fastest channels-last. In fp32 on a CPU it
+        depends on the CPU: NCHW was faster on an AVX-512 Xeon, channels-last 1.12x to 1.5x
+        faster on an AVX2-only AMD EPYC (benchmarks/RESULTS.md, "Layout")."""
         import torch
 
-        # oneDNN and cuDNN both run bf16 convs fastest on NHWC; in fp32 on the CPU, NCHW is faster.
-        return torch.channels_last if self.name == "bf16" else torch.contiguous_format
+        last = self.name == "bf16" or self.device_type == "cpu" and not cpu_has_avx512()
+        return torch.channels_last if last else torch.contiguous_format
 
     @property
     def activation_bytes(self) -> int:
@@ -62,19 +65,30 @@ class Precision:
         return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.name == "bf16", cache_enabled=cache)
 
 
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The CPU's feature flags from Linux's /proc/cpuinfo (x86's ``flags``, Arm's ``Features``);
+    none where the file cannot be read (another OS)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.cache  # a CPU's flags do not change while a process runs
+def cpu_has_avx512() -> bool:
+    return "avx512f" in cpu_flags()
+
+
 @functools.cache  # a CPU's flags do not change while a process runs; every trial asks
 def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
     """Whether this CPU's flags (Linux's /proc/cpuinfo) include a bf16 instruction set; False
     where the file cannot be read (another OS): fp32 is the safe side."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return False
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features") and BF16_FLAGS & set(value.split()):
-            return True
-    return False
+    return bool(BF16_FLAGS & cpu_flags(cpuinfo))
 
 
 def choose(device: torch.device | str, wanted: str = "auto", native_bf16: bool | None = None) -> Precision:

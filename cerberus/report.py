@@ -152,6 +152,7 @@ def _best_table(study: optuna.Study) -> str:
     rows: list[tuple[str, Any]] = [
         ("trial", t.number), ("validation accuracy", f"{t.values[0]:.4f}"), ("parameters", f"{a.get('params', 0):,}"),
         ("MFLOPs per image", f"{a.get('flops', 0) / 1e6:,.1f}"), ("epochs", a.get("epochs")),
+        ("training PFLOP", "" if a.get("train_flops") is None else f"{a['train_flops'] / 1e15:.4g}"),
         ("train seconds", _num(a.get("train_seconds"))), ("images/s", _num(a.get("images_per_s"))),
         ("device", a.get("device")), ("worker", a.get("worker")),
     ]
@@ -262,7 +263,8 @@ def _curves(study: optuna.Study, trials: list[FrozenTrial]) -> go.Figure | str:
         if states.get(number) == TrialState.PRUNED:
             trace.update(line={"dash": "dot", "color": "#999999"}, marker={"color": "#999999"},
                          opacity=0.7, name=f"Trial{number} (pruned)")
-    return fig.update_layout(xaxis_title="epoch", yaxis_title="validation accuracy")
+    # Trials report at the percent of their steps done (cerberus.search), so trials of other lengths line up.
+    return fig.update_layout(xaxis_title="percent of the trial's training", yaxis_title="validation accuracy")
 
 
 def _histories(trials: list[FrozenTrial]) -> go.Figure:

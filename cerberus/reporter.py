@@ -20,6 +20,7 @@ ends sooner than that.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import threading
@@ -28,6 +29,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+
+from cerberus.errors import UserError
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TimeElapsedColumn
 from rich.progress import Progress as LiveProgress
 from rich.text import Text
@@ -41,13 +44,18 @@ LIVE_REFRESH = 4  # redraws per second of the live line; each one reads the coun
 
 
 def interval_seconds() -> float:
-    """Seconds between plain progress lines: ``$CERBERUS_PROGRESS_SECONDS`` if it is a positive
-    number, else :data:`DEFAULT_INTERVAL`."""
-    try:
-        value = float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL))
-    except ValueError:
+    """Seconds between plain progress lines: ``$CERBERUS_PROGRESS_SECONDS``, else
+    :data:`DEFAULT_INTERVAL`; a value that is not a positive number of seconds is a UserError."""
+    text = os.environ.get(INTERVAL_ENV, "").strip()
+    if not text:
         return DEFAULT_INTERVAL
-    return value if value > 0 else DEFAULT_INTERVAL
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise UserError(f"{INTERVAL_ENV}={text!r} is not a number of seconds; give a positive number, e.g. 30, or unset it")
+    return value
 
 
 def duration(seconds: float) -> str:
@@ -232,6 +240,10 @@ class Reporter:
         self.rejected += 1
         head = f"trial {trial} rejected: needs ~{need / 2**20:,.0f} MiB of memory > {usable / 2**20:,.0f} MiB usable"
         self._event(f"{head} | {self.rejected} rejected so far", head)
+
+    def note(self, text: str) -> None:
+        """Something the user should know that is no trial's end (a checkpoint set aside)."""
+        self._print(f"{self._prefix}{text}")
 
     def failed(self, trial: int, reason: str, error: str) -> None:
         self._stopped(trial)

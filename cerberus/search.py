@@ -64,9 +64,9 @@ from cerberus.devices import device_name
 from cerberus.model import LATENCY_BATCH, latency_ms
 from cerberus.precision import Precision, choose
 from cerberus.reporter import Reporter
-from cerberus.space import Space, replace_epochs
+from cerberus.space import Space, set_length
 from cerberus.fit import Epoch, Fit, Result, Tally
-from cerberus.liveness import NoPulse, Orphans, Pulse, queue_again, sweep_checkpoints
+from cerberus.liveness import NoPulse, Orphans, Pulse, fail_dead_here, queue_again, sweep_checkpoints
 from cerberus.storage import MAX_RETRY
 from cerberus.trials import (Reason, Snapshot, best_seen, best_trial, count_trained, is_trained, last_accuracy,
                              rejected)
@@ -75,8 +75,11 @@ from cerberus.trials import (Reason, Snapshot, best_seen, best_trial, count_trai
 # the pid keeps two runs on one machine apart, the host name workers on different machines.
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 MAX_REJECTIONS_IN_A_ROW = 1000  # a feasible space that the sampler still cannot hit
+# Validation images an epoch before a trial's last is scored on, one view each: what the pruner
+# reads. The last epoch scores the whole split with the recipe's test-time views: the trial's value.
+PROBE_IMAGES = 1000
 # What a finished trial records about how it ended; a retry, which inherits them, clears them.
-OUTCOME_ATTRS = ("reason", "error", "epochs", "train_seconds", "step_seconds", "first_step_seconds", "images_per_s", "resumed_epochs",
+OUTCOME_ATTRS = ("reason", "error", "epochs", "train_flops", "train_seconds", "step_seconds", "first_step_seconds", "images_per_s", "resumed_epochs",
                  "cuda_graph", "epoch_seconds", "val_history", "latency_ms", "latency_batch", "memory_available_bytes")
 Splits = Callable[[], tuple[Split, Split]]
 
@@ -88,7 +91,8 @@ class RunOptions:
 
     trials: int
     max_params: int = 5_000_000
-    epochs: int | None = None  # overrides the space
+    epochs: int | None = None  # overrides the space's length
+    budget: float | None = None  # PFLOP a trial, overriding the space's length
     device: str = "cpu"
     data: str = "cifar10"
     data_dir: str | None = None
@@ -104,6 +108,7 @@ class RunOptions:
     checkpoint_every: float = 60.0  # seconds between a trial's checkpoints at the least (0: every epoch)
     gpu: int | None = None  # the physical GPU (as --gpus and nvidia-smi number it), recorded with each trial
     cuda_graph: bool = False  # record each trial's step as a CUDA graph (cerberus.graph); eager where it cannot be
+    pruner: str = "median"  # cerberus.study.PRUNERS
 
     def __post_init__(self) -> None:  # a torch.device or a Path is accepted, a string is kept
         object.__setattr__(self, "device", str(self.device))
@@ -186,7 +191,7 @@ class Search:
                     trial.set_user_attr(key, None)
             return Config.from_dict(inherited["config"])
         trial.set_user_attr("origin", trial.number)
-        return replace_epochs(self.space.sample(trial), self.opts.epochs)
+        return set_length(self.space.sample(trial), self.opts.epochs, self.opts.budget)
 
     def measure(self, trial: optuna.Trial, config: Config) -> sizes.Size:
         size = sizes.of(config.arch)
@@ -237,23 +242,21 @@ class Search:
         seed = None if self.opts.seed is None else self.opts.seed * 100_003 + trial.number
         progress = Tally()  # the reporter reads it while the fit trains; no device tensor in it
         self.reporter.training(trial.number, progress)
-        epochs, pruned = config.recipe.epochs, False
-        with self.trainer(config, train, val, self.device, seed=seed, compile=self.opts.compile,
-                          precision=self.precision, tally=progress, cuda_graph=self.opts.cuda_graph) as fit:
-            state = checkpoints.load(checkpoint, self.device)
-            if state is not None:
-                fit.restore(state)
+        pruned = False
+        make = functools.partial(self.trainer, config, train, val, self.device, seed=seed, compile=self.opts.compile,
+                                 precision=self.precision, tally=progress, cuda_graph=self.opts.cuda_graph, probe=PROBE_IMAGES)
+        with self._resumed(trial, make, checkpoint) as fit:
             saved = time.perf_counter()
             for epoch in fit:
                 if epoch.diverged:
                     break
-                self.reporter.epoch(trial.number, epoch.number, epochs, epoch.val_accuracy)
-                if self._prunes(trial, epoch, epochs):
+                self.reporter.epoch(trial.number, epoch.number, epoch.of, epoch.val_accuracy)
+                if self._prunes(trial, epoch):
                     pruned = True
                     break
                 # After the pruner has spoken, never for the last epoch (its state is never read),
                 # and at most every checkpoint_every seconds: a save stalls the step.
-                if (checkpoint is not None and not epoch.restored and epoch.number < epochs
+                if (checkpoint is not None and not epoch.restored and epoch.progress < 1
                         and time.perf_counter() - saved >= self.opts.checkpoint_every):
                     checkpoints.save(checkpoint, fit.state())
                     saved = time.perf_counter()
@@ -263,15 +266,36 @@ class Search:
                 latency = latency_ms(fit.trainer.evaluated, self.device, fit.trainer.precision)
             return Outcome(fit.result(), pruned, latency)
 
-    def _prunes(self, trial: optuna.Trial, epoch: Epoch, epochs: int) -> bool:
+    def _resumed(self, trial: optuna.Trial, make: Callable[[], Fit], checkpoint: Path | None) -> Fit:
+        """A new fit, resumed from the trial's checkpoint where there is one. A checkpoint that
+        cannot be read or does not fit this configuration (a file of another net, text, a
+        truncated one) is set aside with a note on the trial (user attr ``checkpoint_discarded``),
+        and the trial trains from scratch."""
+        fit = make()
+        try:
+            state = checkpoints.load(checkpoint, self.device)
+            if state is not None:
+                fit.restore(state)
+        except Exception as e:  # checkpoints.Unreadable, or a state of another net or version
+            fit.__exit__(None, None, None)
+            aside = checkpoints.set_aside(checkpoint)  # type: ignore[arg-type]
+            trial.set_user_attr("checkpoint_discarded", f"{aside.name}: {' '.join(str(e).split())}"[:300])
+            self.reporter.note(f"trial {trial.number}: its checkpoint could not be resumed ({type(e).__name__}); set "
+                               f"aside as {aside.name}, training from scratch")
+            fit = make()
+        return fit
+
+    def _prunes(self, trial: optuna.Trial, epoch: Epoch) -> bool:
+        """Report the epoch at the percent of the trial's steps done (trials of other lengths are
+        compared at the same share of their training), and let the pruner decide before the last."""
         if self.multi:  # Optuna prunes single-objective studies only (see the module docstring)
             return False
-        trial.report(epoch.val_accuracy, epoch.number)
-        return epoch.number < epochs and trial.should_prune()
+        trial.report(epoch.val_accuracy, round(100 * epoch.progress))
+        return epoch.progress < 1 and trial.should_prune()
 
     def record(self, trial: optuna.Trial, size: sizes.Size, outcome: Outcome) -> float | tuple[float, float]:
         r = outcome.result
-        attrs = {"epochs": r.epochs, "train_seconds": r.train_seconds, "step_seconds": r.step_seconds,
+        attrs = {"epochs": r.epochs, "train_flops": r.train_flops, "train_seconds": r.train_seconds, "step_seconds": r.step_seconds,
                  "first_step_seconds": r.first_step_seconds,
                  "images_per_s": r.images_per_s, "device": device_name(self.device), "precision": self.precision.name,
                  "epoch_seconds": r.epoch_seconds, "gpu": self.opts.gpu}
@@ -292,6 +316,8 @@ class Search:
             return r.val_accuracy, size.params
         if self.opts.objectives == ("accuracy", "latency"):
             return r.val_accuracy, outcome.latency_ms  # type: ignore[return-value]
+        if self.opts.objectives == ("accuracy", "flops"):
+            return r.val_accuracy, r.train_flops
         return r.val_accuracy
 
     # The run around the trials.
@@ -309,6 +335,8 @@ class Search:
     def run(self) -> RunSummary:
         """Optimise until the study holds ``opts.trials`` trained trials (or the timeout)."""
         self.pulse.fail_stale(self.study)
+        if fail_dead_here(self.study):  # a worker of this machine was killed: resume its trial now
+            self.snapshot.changed()
         self.orphans.requeue()
         self.reporter.study_best(best_seen(self.study))
         if count_trained(self.study) < self.opts.trials:
@@ -374,7 +402,9 @@ class StopAfterFailures:
 class StopAtTarget:
     """Stop once the study's trained trials and those other workers are training now reach
     ``target``. A trial being trained is a RUNNING one that got past the rejections (it has
-    ``memory_bytes``); if it fails, its worker goes on, so the target is still met."""
+    ``memory_bytes``); if it fails, its worker goes on, so the target is still met. A trial
+    whose worker on this machine is gone is no such trial: it is failed and queued again first
+    (:func:`cerberus.liveness.fail_dead_here`), for this run to train."""
 
     def __init__(self, target: int, snapshot: Snapshot) -> None:
         self.target, self.snapshot = target, snapshot
@@ -383,6 +413,9 @@ class StopAtTarget:
         if rejected(trial):
             return
         trials = self.snapshot(study, trial)
+        if fail_dead_here(study, trials):
+            self.snapshot.changed()
+            trials = self.snapshot(study, trial)
         training = sum(t.state == TrialState.RUNNING and "memory_bytes" in t.user_attrs for t in trials)
         if count_trained(study, trials) + training >= self.target:
             study.stop()

@@ -112,8 +112,9 @@ class Space:
         return Config(arch, Recipe(**recipe, augment=augment))
 
     def params_for(self, config: Config) -> dict[str, Any]:
-        """The Optuna parameters under which ``sample`` returns ``config`` (its epochs aside:
-        those stay the space's, so an enqueued configuration trains at the search's fidelity).
+        """The Optuna parameters under which ``sample`` returns ``config`` (its fidelity fields
+        aside, its length and test-time views: those stay the space's, so an enqueued
+        configuration trains and is scored as every trial of the search is).
 
         This is what ``study.enqueue_trial`` needs to put a known configuration into a study
         as an ordinary trial the sampler learns from. A configuration the space cannot produce
@@ -130,7 +131,9 @@ class Space:
         # Choice.sample asks for tuples (milestones) by their label
         wanted = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in wanted.items()}
         trial = _Replay(self.path, wanted)
-        got = replace_epochs(self.sample(trial), config.recipe.epochs)  # type: ignore[arg-type]
+        sampled = self.sample(trial)  # type: ignore[arg-type]
+        fidelity = {f.name: getattr(config.recipe, f.name) for f in knobs.fields(Recipe) if f.spec.fidelity}
+        got = dataclasses.replace(sampled, recipe=dataclasses.replace(sampled.recipe, **fidelity))
         mine, theirs = knobs.canonical(config), knobs.canonical(got)
         if mine != theirs:
             key, want, pinned = _first_difference(mine.to_dict(), theirs.to_dict())
@@ -345,11 +348,13 @@ def _first_difference(a: dict[str, Any], b: dict[str, Any], where: str = "") -> 
     return "", None, None
 
 
-def replace_epochs(config: Config, epochs: int | None) -> Config:
-    """``--epochs`` overrides what the space chose."""
-    if epochs is None:
-        return config
-    return dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, epochs=epochs))
+def set_length(config: Config, epochs: int | None = None, budget: float | None = None) -> Config:
+    """``--epochs`` or ``--budget`` (PFLOP) overrides how long the configuration trains; None: as it says."""
+    if epochs is not None:
+        return dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, epochs=epochs, budget=0.0))
+    if budget is not None:
+        return dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, budget=budget))
+    return config
 
 
 def sample_archs(space: Space, n: int, seed: int = 0) -> list[Arch]:

@@ -64,7 +64,8 @@ SQLITE_MAGIC = b"SQLite format 3\0"
 DRIVER_HINT = {"postgresql": 'pip install -e ".[postgres]" (or pip install "psycopg[binary]")'}
 PROXY_SCHEME = "grpc://"
 PROXY_HINT = 'pip install -e ".[grpc]" (or pip install grpcio "protobuf>=5.28.1")'
-PROXY_WAIT = 10.0  # seconds a worker waits for the proxy to answer
+PROXY_WAIT = 10.0  # seconds a worker waits for the proxy to answer when it starts
+PROXY_RECONNECT = 120.0  # seconds a worker's call waits for a proxy that went away to come back
 DEFAULT_PROXY_PORT = 13000
 PROXY_THREADS = 10  # Optuna's default: calls a database server serves at once
 
@@ -90,9 +91,22 @@ def open_proxy(url: str):  # type: ignore[no-untyped-def]
         raise UserError(f"--storage {url}: the gRPC client is not installed; {PROXY_HINT}") from None
     import optuna
 
+    from optuna.storages._grpc.client import GrpcClientCache
+
+    class PatientProxy(optuna.storages.GrpcStorageProxy):
+        """Optuna's gRPC client whose every call waits up to :data:`PROXY_RECONNECT` seconds for a
+        proxy that went away to come back (gRPC's ``wait_for_ready``), instead of failing at once:
+        a proxy restarted while workers use it is reconnected to. (Optuna's client builds its stub
+        and cache in ``_setup``, which this wraps.)"""
+
+        def _setup(self) -> None:
+            super()._setup()
+            self._stub = _Patient(self._stub, PROXY_RECONNECT)
+            self._cache = GrpcClientCache(self._stub)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
+        proxy = PatientProxy(host=host, port=port)
     try:
         socket.create_connection((host, port), timeout=PROXY_WAIT).close()  # nothing listening: at once
         proxy.wait_server_ready(timeout=PROXY_WAIT)
@@ -100,6 +114,17 @@ def open_proxy(url: str):  # type: ignore[no-untyped-def]
         raise UserError(f"--storage {url}: no storage proxy answers there within {PROXY_WAIT:.0f} s; start one with "
                         f"`cerberus-search proxy --storage DATABASE_URL --host {host} --port {port}`") from None
     return proxy
+
+
+class _Patient:
+    """A gRPC stub whose calls wait for the server to be ready, up to ``seconds``."""
+
+    def __init__(self, stub: object, seconds: float) -> None:
+        self._stub, self._seconds = stub, seconds
+
+    def __getattr__(self, name: str) -> object:
+        call = getattr(self._stub, name)
+        return lambda request, **kwargs: call(request, wait_for_ready=True, timeout=self._seconds, **kwargs)
 
 
 def proxy_backend(url: str, host: str, port: int) -> optuna.storages.RDBStorage:
@@ -113,6 +138,8 @@ def proxy_backend(url: str, host: str, port: int) -> optuna.storages.RDBStorage:
         raise UserError(f"proxy: the gRPC server is not installed; {PROXY_HINT}") from None
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            # as gRPC's server binds: a port whose last proxy just stopped (TIME_WAIT) is free to take again
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host, port))
     except OSError as e:
         raise UserError(f"proxy: cannot listen on {host}:{port}: {e.strerror or e}") from None

@@ -33,9 +33,31 @@ if TYPE_CHECKING:
     from cerberus.space import Space
 
 # The objectives a study can have, the first always validation accuracy, and their directions.
-OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "latency": "minimize"}
-ALLOWED_OBJECTIVES = ("accuracy", "accuracy,params", "accuracy,latency")
+OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "latency": "minimize", "flops": "minimize"}
+ALLOWED_OBJECTIVES = ("accuracy", "accuracy,params", "accuracy,latency", "accuracy,flops")
 DEFINITION_ATTR = "definition"
+
+
+PRUNERS = ("median", "percentile", "halving", "hyperband", "none")
+DEFAULT_PRUNER = "median"
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """The pruner ``run --pruner`` names. A trial reports its validation accuracy at the percent
+    of its steps done (:meth:`cerberus.search.Search.fit`), so every resource below is a share
+    of a trial's training, whatever its length. The default was chosen by replaying real
+    learning curves (benchmarks/pruners.py, figures in benchmarks/RESULTS.md)."""
+    import optuna
+
+    p = optuna.pruners
+    return {
+        "median": lambda: p.MedianPruner(n_startup_trials=5, n_warmup_steps=30),
+        "percentile": lambda: p.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=30),
+        "halving": lambda: p.SuccessiveHalvingPruner(min_resource=25, reduction_factor=2),
+        "hyperband": lambda: p.HyperbandPruner(min_resource=25, max_resource=100, reduction_factor=2),
+        "none": lambda: p.NopPruner(),
+    }[name]()
+
 
 
 @dataclass(frozen=True)
@@ -45,9 +67,10 @@ class Definition:
     space: str  # the name the space was given: a shipped name, or the file's path as typed
     space_text: str  # the TOML the trials sample from
     max_params: int = 5_000_000
-    epochs: int | None = None  # overrides the space's epochs
+    epochs: int | None = None  # overrides the space's length: this many epochs a trial
     data: str = "cifar10"
     objectives: tuple[str, ...] = ("accuracy",)
+    budget: float | None = None  # overrides the space's length: this many PFLOP a trial
 
     @property
     def space_digest(self) -> str:
@@ -68,8 +91,8 @@ class Definition:
 
     def describe(self) -> str:
         """One line: how ``best`` and ``report`` show it."""
-        epochs = "the space's epochs" if self.epochs is None else f"{self.epochs} epochs"
-        return (f"space {self.space} (sha256 {self.space_digest[:12]}), {epochs}, budget {self.max_params:,} params, "
+        return (f"space {self.space} (sha256 {self.space_digest[:12]}), {_length(self.epochs, self.budget)}, "
+                f"budget {self.max_params:,} params, "
                 f"data {self.data}, objectives {','.join(self.objectives)}")
 
 
@@ -83,6 +106,7 @@ class Request:
     epochs: int | None = None
     data: str | None = None
     objectives: tuple[str, ...] | None = None
+    budget: float | None = None
 
 
 DEFAULT_SPACE = "default.toml"
@@ -100,14 +124,17 @@ def settle(name: str, stored: Definition | None, asked: Request, stored_objectiv
                             f"or give this search another --study")
         return Definition(asked.space or DEFAULT_SPACE, asked.space_text or default_space_text,
                           5_000_000 if asked.max_params is None else asked.max_params, asked.epochs,
-                          asked.data or "cifar10", objectives)
+                          asked.data or "cifar10", objectives, asked.budget)
     differences = [
         (option, was, now) for option, was, now, given in (
             ("--space", f"{stored.space} (sha256 {stored.space_digest[:12]})",
              f"{asked.space} (sha256 {_digest(asked.space_text)[:12]})", asked.space_text is not None
              and _digest(asked.space_text) != stored.space_digest),
             ("--max-params", f"{stored.max_params:,}", f"{asked.max_params or 0:,}", asked.max_params not in (None, stored.max_params)),
-            ("--epochs", _epochs(stored.epochs), _epochs(asked.epochs), asked.epochs not in (None, stored.epochs)),
+            ("--epochs", _length(stored.epochs, stored.budget), _length(asked.epochs, None),
+             asked.epochs not in (None, stored.epochs)),
+            ("--budget", _length(stored.epochs, stored.budget), _length(None, asked.budget),
+             asked.budget not in (None, stored.budget)),
             ("--data", stored.data, asked.data, asked.data not in (None, stored.data)),
             ("--objectives", ",".join(stored.objectives), ",".join(asked.objectives or ()),
              asked.objectives not in (None, stored.objectives)),
@@ -124,8 +151,11 @@ def _digest(text: str | None) -> str:
     return hashlib.sha256((text or "").encode()).hexdigest()
 
 
-def _epochs(epochs: int | None) -> str:
-    return "(the space's)" if epochs is None else str(epochs)
+def _length(epochs: int | None, budget: float | None) -> str:
+    """How long a trial trains, in words."""
+    if epochs is not None:
+        return f"{epochs} epochs"
+    return "the space's length" if budget is None else f"{budget:g} PFLOP a trial"
 
 
 def stored_definition(study: optuna.Study) -> Definition | None:
@@ -140,7 +170,8 @@ def parse_objectives(text: str) -> tuple[str, ...]:
 
 
 def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | None, worker: int = 0,
-                 objectives: tuple[str, ...] = ("accuracy",), definition: Definition | None = None) -> optuna.Study:
+                 objectives: tuple[str, ...] = ("accuracy",), definition: Definition | None = None,
+                 pruner: str = DEFAULT_PRUNER) -> optuna.Study:
     """The study, made on first use, with ``definition`` stored when it has none (its objectives
     are then the definition's). The sampler and pruner are per process (Optuna keeps neither in
     storage); the seed is offset by the trials already there and by the worker's index, so
@@ -151,8 +182,12 @@ def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | No
     objectives = definition.objectives if definition is not None else objectives
     if name in {s.study_name for s in storage.get_all_studies()}:
         check_ours(optuna.load_study(study_name=name, storage=storage), "run")
-    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                directions=[OBJECTIVES[o] for o in objectives])
+    try:  # one process creates the study: it stores the definition, every other one joins it
+        study = optuna.create_study(study_name=name, storage=storage, directions=[OBJECTIVES[o] for o in objectives])
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage)
+        if definition is not None:
+            _check_joined(study, definition)
     stored = study_objectives(study)
     if stored is not None and stored != objectives:
         raise UserError(f"study {name!r} was created with --objectives {','.join(stored)}; run it with those, "
@@ -169,12 +204,31 @@ def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | No
         study.sampler = optuna.samplers.TPESampler(
             seed=None if seed is None else seed + offset + 7919 * worker, multivariate=True, group=True, n_startup_trials=10
         )
-    # Measured on a learning-curve simulator (benchmarks/pruners.py, figures in
-    # benchmarks/RESULTS.md): with TPE, this pruner halves the epochs of 50 trials and at equal
-    # compute finds configurations as good as no pruning; ASHA, Hyperband and a 25th-percentile
-    # pruner cut too much at this size and end worse, and a patient pruner never cuts.
-    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    study.pruner = make_pruner(pruner)
     return study
+
+
+CREATION_WAIT = 10.0  # seconds a run waits for the process that created a study to store its definition
+
+
+def _check_joined(study: optuna.Study, definition: Definition) -> None:
+    """Refuse (UserError) to join a study that another process created with another definition:
+    two runs that create the same new study at the same moment with different spaces (or budgets,
+    data, ...). Its creator stores the definition right after creating it; this waits for that."""
+    import time
+
+    deadline = time.monotonic() + CREATION_WAIT
+    while (raw := study.user_attrs.get(DEFINITION_ATTR)) is None:  # read from the storage each time
+        if time.monotonic() > deadline or study.get_trials(deepcopy=False):  # a study from before definitions
+            return
+        time.sleep(0.1)
+    stored = Definition.from_dict(raw)
+    mine, theirs = definition.to_dict(), stored.to_dict()
+    different = [k for k in ("space_digest", "max_params", "epochs", "budget", "data", "objectives") if mine[k] != theirs[k]]
+    if different:
+        key = different[0].replace("space_digest", "space").replace("max_params", "max-params")
+        raise UserError(f"study {study.study_name!r} was just created by another run with another --{key} "
+                        f"({stored.describe()}); leave the options out to join it as it is, or give this search another --study")
 
 
 def made_by_cerberus(user_attrs: dict[str, Any], trials: list[optuna.trial.FrozenTrial]) -> bool:
@@ -229,10 +283,12 @@ def check_budget(space: Space, max_params: int) -> None:
         )
 
 
-def check_memory_floor(space: Space, device: Any, data: str, precision: str = "auto") -> None:
+def check_memory_floor(space: Space, device: Any, data: str, precision: str = "auto", workers: int = 1) -> None:
     """Refuse (UserError) a space whose every trial would end ``over_memory`` on ``device``:
     not even its smallest architecture, at its smallest batch and with plain SGD (the least
-    state), fits what the device offers now. Such a run would only reject trials."""
+    state), fits what the device offers now, ``workers`` times over (each worker process on a
+    CPU also holds the libraries and its copy of the dataset, :func:`cerberus.memory.worker_process`).
+    Such a run would only reject trials, or be killed."""
     from cerberus import data as datasets
     from cerberus import memory
     from cerberus.precision import choose
@@ -244,6 +300,13 @@ def check_memory_floor(space: Space, device: Any, data: str, precision: str = "a
     step = choose(device, precision)
     need = min(memory.estimate(Config(a, recipe), step, train, val).total for a in space.architectures())
     offered = memory.available(device)
+    if workers > 1:
+        each = need + (memory.worker_process(train + val) if step.device_type == "cpu" else 0)
+        if not memory.fits(workers * each, offered):
+            most = max(1, int(memory.HEADROOM * offered // each))
+            raise UserError(f"--workers {workers} on {device}: each worker needs at least {memory.format_bytes(each)} "
+                            f"(the smallest trial of {space.path} and its process), {memory.format_bytes(offered)} is "
+                            f"available ({memory.HEADROOM:.0%} of it usable); give --workers {most} or fewer")
     if not memory.fits(need, offered):
         raise UserError(
             f"no trial of {space.path} fits the memory of {device}: the smallest architecture at batch "

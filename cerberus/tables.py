@@ -56,11 +56,12 @@ def best(study: str, storage: str, top: int | None, as_json: bool) -> None:
         return
     latency = any(r["latency_ms"] is not None for r in rows)
     table = Table(title=f"{'Pareto front' if front else 'best'} of study {study!r} ({storage})")
-    for name in ("trial", "val acc", "params", "MFLOPs", *(["latency ms"] if latency else [])):
+    for name in ("trial", "val acc", "params", "train PFLOP", *(["latency ms"] if latency else [])):
         table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     table.add_column("configuration", overflow="fold", ratio=1, min_width=12)
     for r in rows:
-        table.add_row(str(r["trial"]), f"{r['val_accuracy']:.4f}", f"{r['params']:,}", f"{r['flops'] / 1e6:,.0f}",
+        trained = "-" if r["train_flops"] is None else f"{r['train_flops'] / 1e15:.3g}"  # trials from before it was recorded
+        table.add_row(str(r["trial"]), f"{r['val_accuracy']:.4f}", f"{r['params']:,}", trained,
                       *([f"{r['latency_ms']:.2f}" if r["latency_ms"] is not None else "-"] if latency else []),
                       Config.from_dict(r["config"]).summary())
     console().print(table)

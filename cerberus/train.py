@@ -49,7 +49,7 @@ from cerberus.errors import UserError, positive
 from cerberus import size as sizes
 from cerberus.precision import Precision, choose
 from cerberus.reporter import Ticker, duration, interval_seconds
-from cerberus.space import replace_epochs
+from cerberus.space import set_length
 from cerberus.devices import device_name
 from cerberus.fit import Fit, Tally
 
@@ -144,8 +144,8 @@ class SeedResult:
 
 
 def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], None],
-        stop: threading.Event | None = None) -> dict[str, Any]:
-    """Retrain ``source.config`` (with ``epochs`` if given) for each seed, write OUT, return metrics.
+        stop: threading.Event | None = None, budget: float | None = None) -> dict[str, Any]:
+    """Retrain ``source.config`` (with ``epochs`` or ``budget`` if given) for each seed, write OUT, return metrics.
 
     ``say`` gets the progress lines: one as each seed starts and ends, one at each epoch's end
     (speed, the seed's time left and, after the first seed, the whole command's), and one more
@@ -153,7 +153,7 @@ def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], 
     ``stop`` (the Ctrl-C flag) is checked between seeds, where a KeyboardInterrupt swallowed by a
     finaliser during cleanup would otherwise go unnoticed.
     """
-    config = replace_epochs(source.config, epochs)
+    config = set_length(source.config, epochs, budget)
     train, test = datasets.train_split(opts.data, opts.data_dir), datasets.test_split(opts.data, opts.data_dir)
     if config.recipe.batch_size > len(train):
         raise UserError(f"the configuration's batch_size {config.recipe.batch_size:,} is larger than the {len(train):,} "
@@ -166,7 +166,9 @@ def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], 
     for seed in range(opts.seeds):
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
-        say(f"seed {seed} ({seed + 1} of {opts.seeds}): training {config.recipe.epochs} epoch(s) on {len(train):,} images "
+        plan = sizes.plan(config, len(train))
+        say(f"seed {seed} ({seed + 1} of {opts.seeds}): training {plan.epochs} epoch(s), {plan.flops / 1e15:.3g} PFLOP, "
+            f"on {len(train):,} images "
             f"({opts.device}, {precision.name}){_eta(results, opts.seeds - seed)}")
         results.append(_one_seed(config, train, test, seed, opts, precision, _SeedWatch(seed, opts.seeds, results, say)))
         r = results[-1]
@@ -178,7 +180,7 @@ def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], 
     return metrics
 
 
-def command(trial: int | None, config: str | None, study: str, storage: str, epochs: int | None, seeds: int,
+def command(trial: int | None, config: str | None, study: str, storage: str, epochs: int | None, budget: float | None, seeds: int,
             out: Path | None, device: str, data: str, data_dir: Path | None, precision: str, cuda_graph: bool,
             as_json: bool) -> int:
     """The whole ``train`` command: check everything, retrain, record, print; its exit code
@@ -193,6 +195,9 @@ def command(trial: int | None, config: str | None, study: str, storage: str, epo
         raise UserError("give exactly one of --trial N (a trial of --study) or --config FILE.json")
     positive("--seeds", seeds)
     positive("--epochs", epochs)
+    positive("--budget", budget)
+    if epochs is not None and budget is not None:
+        raise UserError("give --epochs or --budget, not both: a model's length is one or the other")
     if data not in datasets.DATASETS:
         raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
     check_precision(precision)
@@ -207,7 +212,7 @@ def command(trial: int | None, config: str | None, study: str, storage: str, epo
     check_out(out)
     opts = Options(seeds, resolved, data, str(data_dir) if data_dir else None, out, storage, precision, cuda_graph)
     try:
-        metrics = run(source, epochs, opts, launch.say, signals.STOP)
+        metrics = run(source, epochs, opts, launch.say, signals.STOP, budget)
     except KeyboardInterrupt:
         launch.say(f"interrupted ({signals.name()}): nothing recorded ({out / METRICS} not written, the study unchanged); "
                    f"run the same command to train again from seed 0")
@@ -290,7 +295,7 @@ def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed:
 def _metrics(source: Source, config: Config, results: list[SeedResult], opts: Options, precision: Precision,
              train_images: int, test_images: int) -> dict[str, Any]:
     accuracies = [r.test_accuracy for r in results if r.test_accuracy is not None]
-    size = sizes.of(config.arch)
+    size, plan = sizes.of(config.arch), sizes.plan(config, train_images)
     return {
         "test_accuracy": statistics.fmean(accuracies) if accuracies else None,
         "test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
@@ -298,7 +303,8 @@ def _metrics(source: Source, config: Config, results: list[SeedResult], opts: Op
         "seeds": [dataclasses.asdict(r) for r in results],
         "params": size.params,
         "flops": size.flops,
-        "epochs": config.recipe.epochs,
+        "epochs": plan.epochs,
+        "train_flops": plan.flops,  # per seed: forward and backward of every step
         "train_seconds": sum(r.train_seconds for r in results),
         "device": device_name(opts.device),
         "precision": precision.name,

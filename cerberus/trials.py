@@ -103,6 +103,7 @@ def summary(t: FrozenTrial) -> dict[str, Any]:
         "latency_ms": a.get("latency_ms"),
         "flops": a.get("flops"),
         "epochs": a.get("epochs"),
+        "train_flops": a.get("train_flops"),
         "train_seconds": a.get("train_seconds"),
         "images_per_s": a.get("images_per_s"),
         "device": a.get("device"),

@@ -30,9 +30,9 @@ SEED_ARCH = Arch((3, 5, 3), (64, 128, 256))  # the course project's ResNet-24
 
 
 @functools.cache
-def _size(arch: Arch) -> tuple[int, int]:
+def _size(arch: Arch) -> tuple[int, int, int]:
     m = measure(arch)
-    return m.params, m.flops
+    return m.params, m.flops, m.train_flops
 
 
 def trial(number: int, *, ending: str = "complete", arch: Arch | None = None, rng: random.Random | None = None,
@@ -50,7 +50,7 @@ def trial(number: int, *, ending: str = "complete", arch: Arch | None = None, rn
     for i, (b, w) in enumerate(zip(arch.blocks, arch.widths), 1):
         params[f"blocks_{i}"], dists[f"blocks_{i}"] = b, IntDistribution(1, 5)
         params[f"widths_{i}"], dists[f"widths_{i}"] = w, CategoricalDistribution(WIDTHS)
-    n_params, flops = _size(arch)
+    n_params, flops, per_image = _size(arch)
     attrs = {"config": config.to_dict(), "params": n_params, "flops": flops, "origin": number, "worker": worker}
     start = start or dt.datetime(2026, 1, 1) + dt.timedelta(minutes=number)
     if ending == "over_budget":
@@ -60,7 +60,8 @@ def trial(number: int, *, ending: str = "complete", arch: Arch | None = None, rn
     epochs = {"complete": EPOCHS, "error": 3, "worker_died": 4}.get(ending, rng.randint(2, EPOCHS - 1))
     curve = {e: ceiling * (1 - math.exp(-(e + 1) / 4)) for e in range(1, epochs + 1)}
     seconds = 20.0 * epochs
-    attrs.update(epochs=epochs, train_seconds=seconds, images_per_s=45_000 * epochs / seconds, device="NVIDIA H100")
+    attrs.update(epochs=epochs, train_seconds=seconds, images_per_s=45_000 * epochs / seconds, device="NVIDIA H100",
+                 train_flops=epochs * (45_000 // 128) * 128 * per_image)
     state, value = TrialState.COMPLETE, curve[epochs]
     if ending != "complete":
         state, value = (TrialState.PRUNED if ending in ("pruned", "diverged") else TrialState.FAIL), None

@@ -193,3 +193,26 @@ def test_mixing_blends_or_pastes_the_shuffled_batch_as_its_labels_say():
             assert mx.shape == x.shape and torch.allclose(my.sum(1), torch.ones(n))
             seen |= _mixed(x, mx, my)
         assert seen == want, (mixup, cutmix)
+
+
+def test_a_reflected_crop_shifts_the_image_and_mirrors_its_edge():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float).view(2, 3, 8, 8)
+    torch.manual_seed(0)
+    out = augment.crop(x, 2, "reflect")
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+    for i in range(2):
+        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], w) for w in windows)  # one of the 25 shifts, edges reflected
+    assert not torch.equal(augment.crop(x, 2, "reflect"), augment.crop(x, 2, "mean"))
+
+
+def test_alternating_flips_flip_each_image_in_every_other_epoch():
+    train = Split(torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8), torch.arange(64) % 10)
+    config = Config(Arch((1,), (4,)), Recipe(batch_size=64, augment=Augment(flip=True, alternate_flip=True)))
+    trainer = Trainer(config, train, torch.device("cpu"))
+    seen = []
+    for _ in range(3):
+        idx = next(trainer.batches())
+        seen.append((trainer.sides[idx] ^ trainer.odd)[idx.argsort()])  # image order
+    assert 16 < seen[0].sum() < 48  # a random half first
+    assert torch.equal(seen[1], ~seen[0]) and torch.equal(seen[2], seen[0])  # then all the other way, and back

@@ -39,7 +39,9 @@ def test_a_checkpoint_holds_the_trials_own_gpu_and_restores_on_a_machine_with_fe
 def test_a_checkpoint_that_would_run_code_is_not_loaded(tmp_path):
     path, marker = tmp_path / "trial-0.pt", tmp_path / "ran"
     torch.save({"model": {}, "evil": _Payload(marker)}, path)
-    assert checkpoints.load(path, CPU) is None and not marker.exists()
+    with pytest.raises(checkpoints.Unreadable, match="Weights only load failed"):
+        checkpoints.load(path, CPU)
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("optimizer, schedule", [("nesterov", "cosine"), ("adamw", "onecycle"), ("sgd", "step"),

@@ -10,7 +10,7 @@ import torch
 from cerberus import opcount
 from cerberus.config import COURSE, Arch, Augment, Config, Recipe
 from cerberus.data import search_splits, synthetic
-from cerberus.fit import Fit, Tally, Trainer, fit
+from cerberus.fit import Fit, Tally, Trainer, fit, tta_logits
 
 # What reads a device value on the host (on CUDA, each waits for the device).
 SYNCS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
@@ -172,3 +172,38 @@ def test_flip_tta_scores_an_image_by_it_and_its_mirror():
     zero, one = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
     assert evaluate(Halves(), split, zero, one, tta_flip=False) == 0.0
     assert evaluate(Halves(), split, zero, one, tta_flip=True) == 1.0
+
+
+def test_test_time_views_are_weighted_as_airbench_weighs_them():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    x = torch.randn(5, 3, 8, 8)
+    model(x)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[..., :8, :8], padded[..., 2:, 2:]
+    both = lambda v: model(v) + model(v.flip(3))  # noqa: E731
+    with torch.no_grad():
+        assert torch.allclose(tta_logits(model, x, False, False), model(x))
+        assert torch.allclose(tta_logits(model, x, True, False), both(x))
+        assert torch.allclose(tta_logits(model, x, True, True), 0.5 * both(x) + 0.25 * (both(up_left) + both(down_right)), atol=1e-5)
+        assert torch.allclose(tta_logits(model, x, False, True), 0.5 * model(x) + 0.25 * (model(up_left) + model(down_right)), atol=1e-5)
+
+
+def test_a_budget_sets_the_steps_and_the_training_flops_are_counted_exactly():
+    """A 1e-5 PFLOP budget on a small net: its steps from the closed form, a short last epoch, and
+    training FLOPs that FlopCounterMode counts on the real steps."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cerberus import size
+
+    config = Config(Arch((1, 1), (8, 16)), Recipe(budget=1e-5, batch_size=64))
+    per_step = size.train_flops(config.arch) * 64
+    plan = size.plan(config, 600)
+    assert plan.steps == int(1e-5 * 1e15 // per_step) == 11 and plan.steps_per_epoch == 9
+    assert plan.epochs == -(-plan.steps // 9) and plan.flops == plan.steps * per_step
+    train = synthetic(600, seed=0)
+    with FlopCounterMode(display=False) as counter, Fit(config, train, None, CPU, seed=0) as run:
+        epochs = list(run)
+        result = run.result()
+    assert len(epochs) == plan.epochs and result.train_flops == plan.flops
+    assert counter.get_total_flops() == plan.flops  # every conv and linear of every step's forward and backward

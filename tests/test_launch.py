@@ -184,16 +184,16 @@ def test_hints_quote_a_name_so_it_can_be_pasted(tmp_path, monkeypatch, capsys):
     assert "studies there: 'my study'" in refusal(capsys, "best", "--study", "other")
 
 
-def test_the_cpu_space_holds_the_course_row_and_fits_the_budget():
+def test_the_cpu_space_holds_the_fast_configuration_first_and_the_default_space_the_course_row():
     space = spaces.load(shipped.resolve("cpu", shipped.SPACE, "--space"))
-    assert space.params_for(COURSE_CPU)  # the course recipe at this scale is a trial of it
+    fast = Config.from_json(shipped.resolve("fast", shipped.CONFIG, "--config").read_text())
+    assert space.params_for(fast)  # its length and test-time views aside: those stay the space's
     assert shipped.resolve("seed-cpu", shipped.CONFIG, "--config").read_text().strip() == COURSE_CPU.to_json(indent=2)
-    assert size.params(COURSE_CPU.arch) == 309_594 and COURSE_CPU.recipe == spaces.replace_epochs(COURSE, 3).recipe
+    assert size.params(COURSE_CPU.arch) == 309_594 and COURSE_CPU.recipe == spaces.set_length(COURSE, 3).recipe
     draws = spaces.sample_archs(space, 300, seed=0)
-    assert max(size.params(a) for a in draws) < 1_500_000  # every draw trains at CPU scale, far under the budget
-    assert space.recipe["epochs"].values() == [3]
-    known = launch.known_configs(space, ROOT / "search" / "cpu.toml", None, [])
-    assert known == [(COURSE_CPU, "seed")]  # the quarter-width course row goes first, by default
+    assert spaces.rejected_fraction(draws, 5_000_000) < 0.05  # nearly every draw trains
+    assert space.recipe["budget"].values() == [0.06]
+    assert launch.known_configs(space, ROOT / "search" / "cpu.toml", None, []) == [(fast, "fast.json")]
     assert launch.known_configs(spaces.load(ROOT / "search" / "default.toml"), ROOT / "search" / "default.toml", None, []) \
         == [(COURSE, "seed")]
 

@@ -41,7 +41,11 @@ def _peak_of_a_trial(config: Config) -> dict:
 @pytest.mark.parametrize("arch, recipe", [
     (Arch((1,), (8,)), dict(batch_size=64, optimizer="nesterov")),
     (Arch((2, 1), (16, 32), skip_kernel=3), dict(batch_size=128, optimizer="adamw", augment=Augment(crop_padding=4, flip=True))),
-], ids=["smoke", "two-stages"])
+    (Arch((1, 1, 1), (32, 64, 64), stem="whiten", downsample="pool", activation="gelu", conv_init="identity",
+          bn_weight="frozen", pool_type="max"),
+     dict(batch_size=256, optimizer="muon", ema=0.9, tta_flip=True, tta_shift=True,
+          augment=Augment(crop_padding=2, crop_fill="reflect", flip=True, alternate_flip=True))),
+], ids=["smoke", "two-stages", "fast-family"])
 def test_the_estimate_bounds_the_measured_peak_of_a_real_trial(arch, recipe):
     """A trial (the Trainer, two steps, an evaluation) in a fresh process, as
     benchmarks/memory_estimate.py runs it: its peak resident memory over the process's own. The
@@ -96,6 +100,31 @@ def test_a_failed_cpu_allocation_is_out_of_memory(tmp_path, monkeypatch):
     assert trial.user_attrs["memory_bytes"] > 0  # estimated, found to fit, then failed anyway
 
 
+def _group(folder, limit, used, v2=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ("memory.max", "memory.current") if v2 else ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    (folder / names[0]).write_text(f"{limit}\n")
+    (folder / names[1]).write_text(f"{used}\n")
+    (folder / "memory.stat").write_text("anon 1\n")
+
+
+def test_a_process_in_a_nested_cgroup_is_limited_by_its_own_group_and_every_one_above_it(tmp_path):
+    """`count` in a 1 GiB group below an unlimited root said the root's memory was there to use."""
+    root, membership = tmp_path / "fs", tmp_path / "cgroup"
+    membership.write_text("0::/user.slice/job\n")
+    _group(root, "max", 5 * 2**30)
+    _group(root / "user.slice", 8 * 2**30, 3 * 2**30)
+    _group(root / "user.slice" / "job", 2**30, 2**28)
+    assert memory.cgroup_available(root, membership) == 2**30 - 2**28  # the job's own, the tightest
+    _group(root / "user.slice", 8 * 2**30, 8 * 2**30 - 2**26)  # the parent nearly full: it binds
+    assert memory.cgroup_available(root, membership) == 2**26
+    v1 = tmp_path / "v1"
+    membership.write_text("4:memory:/process_api/abc\n0::/\n")
+    _group(v1 / "memory", 2**63 - 4096, 10, v2=False)
+    _group(v1 / "memory" / "process_api" / "abc", 2**30, 2**29, v2=False)
+    assert memory.cgroup_available(v1, membership) == 2**29
+
+
 def test_what_a_device_offers(tmp_path, monkeypatch):
     monkeypatch.delenv(memory.MEMORY_LIMIT_ENV, raising=False)
     assert memory.available(CPU) > 0 and memory.host_available() > 0
@@ -109,7 +138,9 @@ def test_what_a_device_offers(tmp_path, monkeypatch):
     (v2 / "memory.max").write_text("1073741824\n")
     (v2 / "memory.current").write_text("536870912\n")
     (v2 / "memory.stat").write_text("anon 400000000\ninactive_file 100000000\n")
-    assert memory.cgroup_available(v2) == 2**30 - (2**29 - 100_000_000)  # its inactive file cache counts as free
+    at_root = tmp_path / "cgroup"
+    at_root.write_text("0::/\n")
+    assert memory.cgroup_available(v2, at_root) == 2**30 - (2**29 - 100_000_000)  # its inactive file cache counts as free
     (v2 / "memory.max").write_text("max\n")
-    assert memory.cgroup_available(v2) is None and memory.cgroup_available(tmp_path / "none") is None
+    assert memory.cgroup_available(v2, at_root) is None and memory.cgroup_available(tmp_path / "none", at_root) is None
     assert memory.constraint(90, 100, 1000) == 0 and memory.constraint(99, 100, 1000) == pytest.approx(100)

@@ -73,3 +73,58 @@ def test_invalid_architectures_are_refused():
         Arch((3,), (64,), skip_kernel=2)
     with pytest.raises(ValueError):
         Arch((1, 1, 1), (8, 8, 8), pool=9)  # last map is 8x8
+
+
+FAST = dict(stem="whiten", downsample="pool", activation="gelu", conv_init="identity", bn_weight="frozen",
+            bn_momentum=0.4, pool_type="max")
+
+
+def test_the_whitening_stem_whitens_the_patches_it_was_fitted_on():
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(3, 3, generator=g)
+    images = torch.einsum("ij,njhw->nihw", mix, torch.randn(200, 3, 32, 32, generator=g))  # correlated channels
+    images = images + images.roll(1, dims=3)  # and neighbouring pixels
+    model = ResNet(Arch((1,), (8,), stem="whiten"))
+    model.whiten(images)
+    w = model.stem.conv.weight
+    assert w.shape == (24, 3, 2, 2) and not w.requires_grad and model.stem.conv.bias.requires_grad
+    assert torch.equal(w[12:], -w[:12])  # each filter and its negative
+    out = torch.nn.functional.conv2d(images, w[:12])  # no bias: the whitened patches
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = flat.T @ flat / len(flat)
+    assert torch.allclose(covariance, torch.eye(12), atol=0.02)
+
+
+def test_identity_init_passes_channels_through_and_shrinks_the_head():
+    model = ResNet(Arch((1, 1), (8, 16), conv_init="identity"))
+    conv = model.layers[1].conv1  # 8 -> 16
+    x = torch.randn(2, 8, 6, 6)
+    assert torch.allclose(torch.nn.functional.conv2d(x, conv.weight[:8], padding=1), x)  # filter i passes channel i
+    assert conv.weight[8:].abs().sum() > 0  # the rest keep torch's init
+    assert model.linear.weight.std().item() == pytest.approx(1 / 16, rel=0.25)  # std 1/inputs
+
+
+def test_the_fast_choices_build_the_shapes_they_promise():
+    arch = Arch((1, 1, 1), (16, 32, 32), **FAST)
+    model = ResNet(arch)
+    maps = []
+    for block in model.layers:
+        block.register_forward_hook(lambda m, a, out: maps.append(out.shape[-1]))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert maps == [15, 7, 3] == [side for _, side in arch.sides]  # 31 after the 2x2 stem, each stage pools
+    block = model.layers[0]
+    assert isinstance(block.pool, torch.nn.MaxPool2d) and block.conv1.stride == (1, 1)
+    assert block.act is torch.nn.functional.gelu and isinstance(model.pool, torch.nn.MaxPool2d)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(not n.weight.requires_grad and n.momentum == 0.4 for n in norms)
+    same = model.layers[2].shortcut  # 32 -> 32 at half the map: a max-pool alone
+    assert len(same) == 1 and isinstance(same[0], torch.nn.MaxPool2d)
+
+
+def test_measure_counts_a_training_step_as_a_real_one_does():
+    """The meta-device count of a forward and backward equals FlopCounterMode on a real step."""
+    for arch in (Arch((1, 1), (8, 16)), Arch((1, 1, 1), (8, 16, 16), **FAST)):
+        model = ResNet(arch).train()
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randn(4, 3, 32, 32)).sum().backward()
+        assert measure(arch).train_flops == counter.get_total_flops() // 4

@@ -122,3 +122,67 @@ def test_the_average_is_a_choice_of_a_space_file_and_shows_in_best(tmp_path):
     assert "ema 0.99" in Config(Arch((1,), (8,)), Recipe(ema=0.99)).summary()
     with pytest.raises(UserError, match=r"\[recipe\] ema: 1.5 is not allowed; allowed: numbers in \[0, 1\)"):
         spaces.parse(head + "ema = 1.5\n", "s.toml")
+
+
+def test_filter_muon_steps_as_torch_muon_does_on_the_same_matrix():
+    """With bf16 iterations (torch's) and filters already at norm sqrt(out) (airbench's renormalisation
+    then changes nothing), FilterMuon's step on a filter bank is torch.optim.Muon's on its matrix."""
+    from cerberus.muon import FilterMuon
+
+    torch.manual_seed(0)
+    w = torch.randn(16, 8, 3, 3)
+    w = w / w.norm() * 4  # sqrt(16)
+    grads = [torch.randn_like(w) for _ in range(3)]
+    ours = torch.nn.Parameter(w.clone())
+    theirs = torch.nn.Parameter(w.clone().view(16, -1))
+    mine = FilterMuon([ours], lr=0.05, momentum=0.6, native_bf16=True)
+    torchs = torch.optim.Muon([theirs], lr=0.05, momentum=0.6, nesterov=True, weight_decay=0.0)
+    for g in grads:
+        ours.grad, theirs.grad = g.clone(), g.clone().view(16, -1)
+        mine.step()
+        torchs.step()
+        with torch.no_grad():  # undo the renormalisation's drift on torch's side, as ours does before each step
+            theirs.mul_(4 / theirs.norm())
+    assert torch.allclose(ours.detach().view(16, -1), theirs.detach(), atol=2e-3)
+
+
+def test_filter_muon_in_fp32_orthogonalises_and_keeps_each_bank_at_norm_sqrt_out():
+    from cerberus.muon import FilterMuon, orthogonalise
+
+    torch.manual_seed(1)
+    g = torch.randn(32, 72)
+    o = orthogonalise(g, torch.float32)
+    singular = torch.linalg.svdvals(o)
+    assert 0.5 < singular.min() and singular.max() < 1.5  # Keller Jordan's iteration: singular values near 1
+    w = torch.nn.Parameter(torch.randn(32, 8, 3, 3) * 7)
+    w.grad = torch.randn_like(w)
+    FilterMuon([w], lr=0.0, momentum=0.6, native_bf16=False).step()
+    assert w.norm().item() == pytest.approx(32 ** 0.5, rel=1e-5)
+
+
+def test_the_linear_schedule_warms_up_then_decays_linearly_to_near_zero():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = SCHEDULES["linear"].build(opt, Recipe(lr=1.0, schedule="linear", warmup=0.1), 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[9] == pytest.approx(1.0) and lrs[0] == pytest.approx(0.1)
+    assert lrs[55] == pytest.approx(0.5, abs=0.02) and 0 < lrs[-1] <= 0.012
+
+
+def test_muon_trains_the_fast_family_and_groups_take_their_learning_rates(splits):
+    train, val = splits
+    arch = Arch((1, 1), (16, 32), stem="whiten", downsample="pool", activation="gelu", conv_init="identity",
+                bn_weight="frozen", bn_momentum=0.4, pool_type="max")
+    recipe = Recipe(optimizer="muon", lr=0.2, momentum=0.85, weight_decay=4e-3, schedule="linear", epochs=2,
+                    batch_size=250, label_smoothing=0.2, lr_bias_scale=20.0, lr_head_scale=0.1)
+    trainer = Trainer(Config(arch, recipe), train, CPU)
+    groups = trainer.model.parameter_groups()
+    muon, sgd = trainer.updates.optimizers
+    assert muon.param_groups[0]["params"] == groups["filters"]
+    assert sorted(g["lr"] for g in sgd.param_groups) == pytest.approx([0.2 * 0.1, 0.2 * 20.0])
+    assert all(g["weight_decay"] == pytest.approx(4e-3 / g["lr"]) for g in sgd.param_groups)
+    result = fit(Config(arch, recipe), train, val, CPU, seed=0)
+    assert result.val_accuracy > 0.5

@@ -37,7 +37,8 @@ def test_auto_is_bf16_on_cuda_and_on_a_cpu_with_native_bf16_only():
     assert precision.choose(CPU, "fp32", native_bf16=True).name == "fp32"  # asked for, not overridden
     bf16, fp32 = precision.choose(CPU, "bf16"), precision.choose(CPU, "fp32")
     assert (bf16.memory_format, bf16.dtype, bf16.activation_bytes) == (torch.channels_last, torch.bfloat16, 2)
-    assert (fp32.memory_format, fp32.dtype, fp32.activation_bytes) == (torch.contiguous_format, torch.float32, 4)
+    fp32_layout = torch.contiguous_format if precision.cpu_has_avx512() else torch.channels_last
+    assert (fp32.memory_format, fp32.dtype, fp32.activation_bytes) == (fp32_layout, torch.float32, 4)
     with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
         precision.choose(CPU, "fp16")
 
@@ -54,4 +55,14 @@ def test_the_trainer_follows_the_cpus_support(monkeypatch, native):
     assert trainer.precision.name == ("bf16" if native else "fp32")
     assert seen == [torch.bfloat16 if native else torch.float32]
     assert weight.dtype == torch.float32  # fp32 master weights either way
-    assert weight.is_contiguous(memory_format=torch.channels_last) is native and weight.is_contiguous() is not native
+    last = native or not precision.cpu_has_avx512()
+    assert weight.is_contiguous(memory_format=torch.channels_last) is last and weight.is_contiguous() is not last
+
+
+def test_fp32_on_a_cpu_is_channels_last_unless_the_cpu_has_avx512(monkeypatch):
+    """NCHW was faster on an AVX-512 Xeon, channels-last on an AVX2 EPYC (benchmarks/RESULTS.md)."""
+    for avx512, layout in ((True, torch.contiguous_format), (False, torch.channels_last)):
+        monkeypatch.setattr(precision, "cpu_has_avx512", lambda: avx512)
+        assert precision.choose(CPU, "fp32").memory_format == layout
+        assert precision.choose(CPU, "bf16").memory_format == torch.channels_last
+        assert precision.choose(torch.device("cuda"), "fp32").memory_format == torch.contiguous_format

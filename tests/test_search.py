@@ -77,13 +77,14 @@ def saves(monkeypatch):
 
 
 class _CutAt:
-    """A pruner that cuts every trial at epoch ``n``."""
+    """A pruner that cuts every trial once it reports ``percent`` of its steps done (the search
+    reports each epoch at the percent of the trial's steps it has done)."""
 
-    def __init__(self, n):
-        self.n = n
+    def __init__(self, percent):
+        self.percent = percent
 
     def prune(self, study, trial):
-        return max(trial.intermediate_values, default=0) >= self.n
+        return max(trial.intermediate_values, default=0) >= self.percent
 
 
 def write_space(tmp_path, widths="[8, 64]"):
@@ -228,7 +229,7 @@ def test_checkpoints_skip_the_last_epoch_and_wait_their_interval(tmp_path, saves
 
 
 def test_a_pruned_epoch_is_not_saved(tmp_path, saves):
-    trial = _run(tmp_path, every=0, epochs=4, pruner=_CutAt(2))
+    trial = _run(tmp_path, every=0, epochs=4, pruner=_CutAt(50))  # after epoch 2 of 4
     assert trial.user_attrs["reason"] == "pruned" and saves == [1]
 
 
@@ -301,3 +302,32 @@ def test_tpe_learns_the_budget_from_pruned_trials():
     infeasible = sum(t.params["x"] > 0.3 for t in late) / len(late)
     assert all(t.constraints for t in study.trials)
     assert infeasible < 0.3, infeasible  # random sampling would sit near 0.7
+
+
+def test_a_budgeted_trial_records_its_training_flops_and_reports_at_shares_of_its_steps(tmp_path):
+    """Trials sized in compute: --budget gives each trial 1e-5 PFLOP; the two widths get different
+    epochs, every trial reports at the percent of its steps done, and records its training FLOPs."""
+    from cerberus import size
+
+    study, result = tiny_run(tmp_path, trials=4, budget=1e-5)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) >= 2
+    for t in done:
+        config = Config.from_dict(t.user_attrs["config"])
+        plan = size.plan(config, 600)  # tiny_splits: 600 training images
+        assert config.recipe.budget == 1e-5 and t.user_attrs["train_flops"] == plan.flops <= 1e-5 * 1e15
+        assert t.user_attrs["epochs"] == plan.epochs
+        assert max(t.intermediate_values) == 100 and all(0 < s <= 100 for s in t.intermediate_values)
+    assert len({t.user_attrs["epochs"] for t in done}) == 2  # widths 4 and 8: as many FLOPs, not as many epochs
+
+
+def test_accuracy_against_training_flops_is_a_two_objective_study(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text("[arch]\nstages = 1\nblocks = 1\nwidths = [4, 8]\n[recipe]\nepochs = [1, 2]\nbatch_size = 128\n")
+    study = studies.create_study("f", optuna.storages.InMemoryStorage(), seed=0, objectives=("accuracy", "flops"))
+    opts = searches.RunOptions(trials=4, max_params=10_000, objectives=("accuracy", "flops"))
+    with Reporter(4, 0) as reporter:
+        searches.run(study, spaces.load(path), opts, reporter, splits=tiny_splits)
+    for t in study.trials:
+        assert t.values[1] == t.user_attrs["train_flops"] > 0
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]

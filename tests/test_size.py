@@ -20,22 +20,31 @@ CPU = torch.device("cpu")
 FP32, BF16_CUDA = choose(CPU, "fp32"), choose("cuda")
 
 
+FAST = dict(stem="whiten", downsample="pool", activation="gelu", conv_init="identity", bn_weight="frozen",
+            bn_momentum=0.4, pool_type="max")  # airbench's choices
 ARCHS = [Arch((1,), (8,)), Arch((2, 2), (16, 32), skip_kernel=3), Arch((1, 1, 1), (8, 16, 32), conv_kernel=5, pool=2),
-         Arch((1,) * 6, (8, 8, 16, 16, 32, 32)), Arch((2, 1), (16, 16)), COURSE.arch]
+         Arch((1,) * 6, (8, 8, 16, 16, 32, 32)), Arch((2, 1), (16, 16)), COURSE.arch,
+         Arch((1, 1, 1), (8, 16, 16), **FAST), Arch((2, 1), (8, 16), downsample="pool", skip_kernel=3),
+         Arch((1, 2), (16, 16), stem="whiten"), Arch((1, 1), (8, 8), activation="gelu", pool_type="max", pool=2)]
 
 
-ORACLE_ARCHS = 600  # ~25 ms each on the meta device; benchmarks/size_oracle.py checks 10,000
+ORACLE_ARCHS = 150  # ~0.1 s each on the meta device, forward and backward; benchmarks/size_oracle.py checks 10,000
 
 
 def random_arch(rng: random.Random) -> Arch:
-    stages = rng.randint(1, MAX_STAGES)
-    final = max(1, 32 >> (stages - 1))
+    """Any stage count, kernel, pool and choice of the family."""
+    stem, downsample = rng.choice(["conv", "whiten"]), rng.choice(["stride", "pool"])
+    most = MAX_STAGES if downsample == "stride" else 5 - (stem == "whiten")  # a pool halves 32 to 1 in 5 stages, 31 in 4
+    stages = rng.randint(1, most)
+    arch = Arch((1,) * stages, (1,) * stages, stem=stem, downsample=downsample)
     return Arch(
         blocks=tuple(rng.choice([1, 1, 2, 3]) for _ in range(stages)),
         widths=tuple(rng.randint(1, 48) for _ in range(stages)),  # equal neighbours too: no projection
         conv_kernel=rng.choice([1, 3, 5, 7]),
         skip_kernel=rng.choice([1, 3]),
-        pool=rng.randint(0, final),
+        pool=rng.randint(0, arch.final_map_size),
+        pool_type=rng.choice(["avg", "max"]), stem=stem, downsample=downsample,
+        activation=rng.choice(["relu", "gelu"]), bn_weight=rng.choice(["learned", "frozen"]),
     )
 
 
@@ -62,7 +71,8 @@ def test_the_closed_form_counts_the_model_exactly(arch):
         torch.nn.functional.cross_entropy(trainer.model(x), y).backward()
     weights = {p.untyped_storage().data_ptr() for p in [*trainer.model.parameters(), *trainer.model.buffers()]}
     maps = sum(n for ptr, n in saved.items() if ptr not in weights)
-    counted = 4 * (sum(size * n for size, n in memory.saved_maps(arch, batch)) + memory.IMAGE * batch)
+    counted = 4 * (sum(size * n for size, n in memory.saved_maps(arch, batch)) + memory.IMAGE * batch) \
+        + 8 * sum(size * n for size, n in memory.saved_indices(arch, batch))
     # what the closed form leaves out: BatchNorm's batch statistics (per channel), the logits and loss
     assert counted <= maps <= counted + 4 * batch * 10 * 4 + 8 * norms(arch)[1], (maps, counted)
 
@@ -71,8 +81,11 @@ def test_the_closed_form_counts_the_model_exactly(arch):
 def test_closed_form_equals_the_meta_device_count_on_random_architectures():
     rng = random.Random(12)
     archs = [random_arch(rng) for _ in range(ORACLE_ARCHS)]
-    kinds = {(len(a.blocks), a.conv_kernel, a.skip_kernel, a.pool == 0) for a in archs}
-    assert len(kinds) >= 80  # stage counts x kernels x skip kernels x global-or-not pooling, nearly all of them
+    assert {(a.stem, a.downsample, a.activation, a.pool_type) for a in archs} == {
+        (s, d, a, p) for s in ("conv", "whiten") for d in ("stride", "pool") for a in ("relu", "gelu") for p in ("avg", "max")}
+    assert {len(a.blocks) for a in archs} == set(range(1, MAX_STAGES + 1))
+    assert {(a.conv_kernel, a.skip_kernel, a.pool == 0) for a in archs} == {(k, s, g) for k in (1, 3, 5, 7) for s in (1, 3)
+                                                                            for g in (True, False)}
     for arch in archs:
         assert size.of(arch) == measure(arch), arch
 

@@ -99,11 +99,14 @@ def test_default_space_holds_the_course_configuration():
               "widths_3": 256, "skip_kernel": 1, "optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4,
               "schedule": "step", "warmup": 0.0, "batch_size": 128, "label_smoothing": 0.0, "tta_flip": False,
               "rotation": 10.0, "cutout_holes": 1, "cutout_length": 8, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
-              "trivial_augment": False}
+              "trivial_augment": False, "pool_type": "avg", "stem": "conv", "downsample": "stride", "activation": "relu",
+              "conv_init": "torch", "bn_weight": "learned", "bn_momentum": 0.1, "momentum": 0.9, "lr_bias_scale": 1.0,
+              "lr_head_scale": 1.0, "ema": 0.0, "tta_shift": False, "crop_padding": 4, "crop_fill": "mean",
+              "alternate_flip": False}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # FixedTrial only warns of a value outside a range or choice
         config = spaces.load(ROOT / "search/default.toml").sample(optuna.trial.FixedTrial(params))
-    assert spaces.replace_epochs(config, COURSE.recipe.epochs) == COURSE
+    assert spaces.set_length(config, COURSE.recipe.epochs) == COURSE and config.recipe.budget == 1.4
 
 
 def test_seed_space_pins_the_course_recipe():
@@ -145,7 +148,7 @@ def test_a_key_is_sampled_only_where_it_acts(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    (BASE + "depth = 3\n", r"\[arch\] depth: unknown key; allowed: blocks, conv_kernel"),
+    (BASE + "depth = 3\n", r"\[arch\] depth: unknown key; allowed: activation, blocks, .*conv_kernel"),
     (BASE + '[recipe]\noptimizer = "rmsprop"\n', r"\[recipe\] optimizer: 'rmsprop' is not allowed; allowed: sgd, nesterov, adam, adamw, adadelta, adadelta_agc"),
     (BASE + "[recipe]\nlr = { low = 0.1, high = 0.01 }\n", r"\[recipe\] lr: range low 0.1 must be below high 0.01"),
     (BASE + "[recipe]\nlr = { low = 0, high = 1, log = true }\n", r"\[recipe\] lr: .*not allowed; allowed: numbers > 0"),

@@ -16,7 +16,7 @@ from cerberus import storage as stores
 from cerberus import study as studies
 from cerberus.config import COURSE, Config, Recipe
 from cerberus.errors import UserError
-from cerberus.space import replace_epochs
+from cerberus.space import set_length
 
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
 
@@ -183,14 +183,14 @@ def test_accuracy_params_front_then_best_lists_it_and_other_objectives_are_refus
     assert len(load(workdir, "mo").trials) == before
 
 
-def test_the_course_config_enqueued_into_the_default_space_trains_at_its_epochs(tmp_path):
+def test_the_course_config_enqueued_into_the_default_space_trains_at_its_length(tmp_path):
     space = spaces.load(ROOT / "search" / "default.toml")
     study = studies.create_study("s", stores.open_storage(f"sqlite:///{tmp_path / 's.db'}", create=True), seed=0)
     assert studies.enqueue(study, space, COURSE, "seed") and not studies.enqueue(study, space, COURSE, "seed")
     trial = study.ask()
     sampled = space.sample(trial)
     assert trial.user_attrs["enqueued"] == "seed"
-    assert sampled == replace_epochs(COURSE, sampled.recipe.epochs) and sampled.recipe.epochs < COURSE.recipe.epochs
+    assert set_length(sampled, COURSE.recipe.epochs) == COURSE and sampled.recipe.budget == 1.4  # the space's 1.4 PFLOP
 
 
 @pytest.mark.parametrize("command", ["best", "report", "run"])
@@ -242,3 +242,19 @@ def test_a_budget_nothing_meets_is_refused_up_front(tmp_path):
     with pytest.raises(UserError, match="no architecture in .* fits --max-params 1,000: the smallest has 1,506"):
         studies.check_budget(space, 1_000)
     studies.check_budget(space, 1_506)
+
+
+def test_a_budget_is_part_of_the_definition_and_excludes_epochs(tmp_path, capsys):
+    from cerberus import study as studies
+
+    stored = studies.Definition("s.toml", "[arch]", budget=0.05)
+    assert "0.05 PFLOP a trial" in stored.describe()
+    assert studies.settle("s", stored, studies.Request(budget=0.05), None, "") == stored
+    with pytest.raises(UserError, match="created with --budget 0.05 PFLOP a trial, not 0.1 PFLOP a trial"):
+        studies.settle("s", stored, studies.Request(budget=0.1), None, "")
+    assert studies.Definition.from_dict({k: v for k, v in stored.to_dict().items() if k != "budget"}).budget is None  # older ones
+    err = refusal(capsys, "run", "--space", "smoke", "--data", "synthetic", "--epochs", "2", "--budget", "0.1",
+                  "--storage", f"sqlite:///{tmp_path / 'x.db'}")
+    assert "give --epochs or --budget, not both" in err and not (tmp_path / "x.db").exists()
+    assert "--pruner 'asha' is not a pruner; allowed: median, percentile, halving, hyperband, none" in refusal(
+        capsys, "run", "--space", "smoke", "--data", "synthetic", "--pruner", "asha", "--storage", f"sqlite:///{tmp_path / 'x.db'}")
