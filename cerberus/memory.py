@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cerberus import size
-from cerberus.config import EVAL_BATCH, NUM_CLASSES, STATS_CHUNK, WHITEN_KERNEL, WHITEN_WIDTH, Arch, Config, Recipe
+from cerberus.config import EVAL_BATCH, NUM_CLASSES, STATS_CHUNK, WHITEN_KERNEL, WHITEN_WIDTH, Arch, Config
 from cerberus.errors import UserError
 from cerberus.optim import OPTIMIZERS
 from cerberus.precision import Precision
