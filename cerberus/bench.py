@@ -124,11 +124,7 @@ def run(arch: Arch, options: Options) -> dict[str, Any]:
         raise UserError(f"--batch-size {o.batch_size} is larger than the {len(train):,} training images of --data {o.data}")
     cuda = o.device.type == "cuda"
     precision = choose(o.device, o.precision)
-    config = o.config or Config(arch, dataclasses.replace(COURSE_RECIPE, batch_size=o.batch_size))
-    need, offered = memory.estimate(config, precision, len(train), 0).total, memory.available(o.device)
-    if not memory.fits(need, offered):  # as `run` refuses the same trial: better than the OOM killer
-        raise UserError(f"a step at batch {o.batch_size} needs about {memory.format_bytes(need)}, {memory.format_bytes(offered)} "
-                        f"is available on {o.device} ({memory.HEADROOM:.0%} of it usable); give a smaller --batch-size")
+    config = _timed(arch, o)
     peak_flops, peak_dtype = matmul_peak(o.device, precision.dtype)
     arch = config.arch
     if o.cuda_graph:  # the eager steps and the recording are warm-up: every timed step is a replay
@@ -199,6 +195,21 @@ def report(r: dict[str, Any]) -> str:
                      f"{r['device_baseline_images_per_s']:,.1f} images/s, {r['device_baseline_ms_per_step']:,.2f} ms/step; "
                      f"speedup {r['speedup_vs_device_baseline']:.2f}x")
     return "\n".join(lines)
+
+
+def _timed(arch: Arch, o: Options) -> Config:
+    """The configuration ``bench`` times: ``o.config``, else the course recipe on ``arch``."""
+    return o.config or Config(arch, dataclasses.replace(COURSE_RECIPE, batch_size=o.batch_size))
+
+
+def check_memory(arch: Arch, o: Options) -> None:
+    """Refuse (UserError) a step that cannot fit the device, as `run` refuses the same trial:
+    better than the kernel's OOM killer half-way through."""
+    need = memory.estimate(_timed(arch, o), choose(o.device, o.precision), MAX_SYNTHETIC, 0).total
+    offered = memory.available(o.device)
+    if not memory.fits(need, offered):
+        raise UserError(f"a step at batch {o.batch_size} needs about {memory.format_bytes(need)}, {memory.format_bytes(offered)} "
+                        f"is available on {o.device} ({memory.HEADROOM:.0%} of it usable); give a smaller --batch-size")
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
@@ -433,6 +444,7 @@ def command(arch: Arch, config: str | None, options: Options, as_json: bool) -> 
     if options.batch_size is None:
         options = dataclasses.replace(options, batch_size=128)
     check_graphable(options.cuda_graph, [options.device])
+    check_memory(arch, options)
     loops = [name for name, on in (("the plain loop", options.plain), ("the course loop", options.baseline)) if on]
     print(f"bench: ResNet-{arch.depth} on {options.device}, {options.warmup} warm-up + {options.steps} timed steps"
           f"{' and the same for ' + ' and '.join(loops) if loops else ''}", file=sys.stderr, flush=True)

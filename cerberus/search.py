@@ -177,6 +177,7 @@ class Search:
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.current = trial.number
+        trial.set_user_attr("worker", WORKER)  # first: a killed worker's trial is found by it (liveness.fail_dead_here)
         with self.pulse.beating(trial):
             config = self.configure(trial)
             size = self.measure(trial, config)
@@ -195,7 +196,7 @@ class Search:
 
     def measure(self, trial: optuna.Trial, config: Config) -> sizes.Size:
         size = sizes.of(config.arch)
-        for key, value in (("config", config.to_dict()), ("params", size.params), ("flops", size.flops), ("worker", WORKER)):
+        for key, value in (("config", config.to_dict()), ("params", size.params), ("flops", size.flops)):
             trial.set_user_attr(key, value)
         if "params" not in trial.constraints:  # a retry inherits it
             trial.set_constraint("params", size.params - self.opts.max_params)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from cerberus.errors import UserError
+from cerberus.errors import Failure, UserError, world_failure
 
 if TYPE_CHECKING:  # optuna and SQLAlchemy are imported where used: `count` and `--version` never load them
     import optuna
@@ -207,10 +207,16 @@ def open_storage(url: str, create: bool = True, heartbeat: int | None = None) ->
             retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
         kwargs.update(heartbeat_interval=heartbeat, grace_period=grace_period(heartbeat),
                       heartbeat_stale_trial_callback=retry)
-    storage = _rdb(url, kwargs)
-    if path is not None:
-        with storage.engine.connect() as connection:  # WAL is a property of the file: once is enough
-            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+    new = path is not None and not path.exists()
+    try:
+        storage = _rdb(url, kwargs)
+        if path is not None:
+            with storage.engine.connect() as connection:  # WAL is a property of the file: once is enough
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+    except Exception:
+        if new and path.exists() and path.stat().st_size == 0:  # the empty file a failed creation left (a full disk)
+            path.unlink()
+        raise
     return storage
 
 
@@ -285,6 +291,9 @@ def _rdb(url: str, kwargs: dict) -> optuna.storages.RDBStorage:
                 if attempt < CREATION_TRIES - 1 and _lost_creation_race(e):
                     time.sleep(random.uniform(0.05, 0.3))  # the winner goes on creating tables meanwhile
                     continue
+                world = world_failure(e)
+                if world is not None:
+                    raise Failure(f"cannot open storage {url}: {world}") from None
                 raise UserError(_open_error(url, e)) from None
     raise AssertionError("unreachable")
 
@@ -335,17 +344,40 @@ def _read_only_sqlite(path: Path):  # type: ignore[no-untyped-def]
     """A connection factory that cannot write to ``path``. Where this process may write the file
     and its folder, a normal connection with ``query_only`` (its last close removes the ``-wal``
     and ``-shm`` files it made); elsewhere SQLite's read-only mode, which needs those files to
-    exist already, or, when there are none (no writer has the file open), immutable mode."""
+    exist already, or, when there are none (no writer has the file open), immutable mode.
+
+    On a full disk a normal connection cannot make its ``-wal`` and ``-shm`` files and fails
+    half-way, leaving them behind: then the ones it made are removed (none existed before, so no
+    writer had the file open, and none can write on a full disk) and immutable mode reads it."""
     folder = path.resolve().parent
     writable = os.access(path, os.W_OK) and os.access(folder, os.W_OK)
-    wal = path.with_name(path.name + "-wal").exists()
+    companions = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    existed = [c.exists() for c in companions]
+    immutable = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+
+    def normal() -> sqlite3.Connection:
+        connection = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, check_same_thread=False)
+        connection.execute("PRAGMA query_only = ON")
+        return connection
+
+    if writable and not any(existed):
+        try:
+            probe = normal()
+            try:
+                probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally:
+                probe.close()
+        except sqlite3.OperationalError as e:
+            if "disk i/o error" not in str(e).lower() and "full" not in str(e).lower():
+                raise
+            for companion in companions:
+                companion.unlink(missing_ok=True)
+            return lambda: sqlite3.connect(immutable, uri=True, timeout=BUSY_TIMEOUT, check_same_thread=False)
 
     def connect() -> sqlite3.Connection:
         if writable:
-            connection = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, check_same_thread=False)
-            connection.execute("PRAGMA query_only = ON")
-            return connection
-        mode = "ro" if wal else "ro&immutable=1"
+            return normal()
+        mode = "ro" if existed[0] else "ro&immutable=1"
         return sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT,
                                check_same_thread=False)
 

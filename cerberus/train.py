@@ -201,6 +201,7 @@ def command(trial: int | None, config: str | None, study: str, storage: str, epo
     if data not in datasets.DATASETS:
         raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
     check_precision(precision)
+    interval_seconds()  # $CERBERUS_PROGRESS_SECONDS, read now rather than as the first seed starts
     resolved = resolve_device(device)
     launch.check_graphable(cuda_graph, [resolved])
     if trial is not None:

@@ -164,3 +164,28 @@ def terminal(*args: str, cwd: Path, columns: int = 80, timeout: float = 120) -> 
     os.waitpid(pid, 0)
     os.close(fd)
     return out.decode(errors="replace").replace("\r\n", "\n")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 4 MiB tmpfs (the tests run as root on CI), and ``fill()``, which leaves it no free
+    byte; skips, saying why, where it cannot be mounted. Unmounted afterwards."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'not root'}): the full-disk tests are not run")
+
+    def fill() -> None:
+        for name, chunk in (("filler", 65536), ("filler-small", 512)):  # the last partial blocks too
+            fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT)
+            try:
+                while os.write(fd, b"\0" * chunk):
+                    pass
+            except OSError:  # no space left
+                pass
+            finally:
+                os.close(fd)
+
+    yield folder, fill
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)

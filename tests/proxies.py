@@ -19,9 +19,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_proxy(storage: str) -> tuple[subprocess.Popen, str]:
-    """``cerberus-search proxy`` in front of ``storage`` on a free loopback port, once it answers."""
-    port = free_port()
+def start_proxy(storage: str, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """``cerberus-search proxy`` in front of ``storage`` on ``port`` (default: a free loopback
+    port), once it answers."""
+    port = port or free_port()
     path = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "cerberus", "proxy", "--storage", storage, "--port", str(port)],

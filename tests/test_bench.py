@@ -84,3 +84,10 @@ def test_bench_counts_the_operations_of_the_step_it_timed(tmp_path, capsys):
     assert heavy["config"]["recipe"]["optimizer"] == "adadelta_agc" and Config.from_dict(course["config"]) == COURSE
     assert course["aten_ops_per_step"] <= 803  # no higher than before
     assert heavy["aten_ops_per_step"] <= 1_200  # 2,611 before: per-tensor clipping and Adadelta, TrivialAugment per group
+
+
+def test_a_zero_batch_or_one_that_cannot_fit_is_refused_not_replaced(capsys, monkeypatch):
+    assert "--batch-size must be at least 1, got 0" in refusal(capsys, "bench", "--batch-size", "0", "--device", "cpu")
+    monkeypatch.setenv("CERBERUS_MEMORY_LIMIT", "600M")
+    err = refusal(capsys, "bench", "--batch-size", "2048", "--device", "cpu", "--steps", "1", "--warmup", "1")
+    assert "a step at batch 2048 needs about" in err and "give a smaller --batch-size" in err

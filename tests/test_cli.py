@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, refusal
+from conftest import ROOT, refusal, run_cli
 
 
 @pytest.fixture
@@ -54,3 +54,10 @@ def test_the_command_line_imports_no_optuna_sqlalchemy_or_torch_before_a_command
     code = ("import sys, cerberus.cli; print(','.join(m for m in ('torch', 'optuna', 'sqlalchemy', 'numpy') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr
+
+
+def test_no_arguments_print_the_help_and_no_error(capsys):
+    assert run_cli() == 0
+    said = capsys.readouterr()
+    assert said.out.startswith("Usage: cerberus-search [OPTIONS] COMMAND") and "run" in said.out
+    assert "error" not in said.err and not said.err.strip()

@@ -150,3 +150,41 @@ def test_the_weakest_smoke_net_learns_synthetic_data_well_above_chance_in_its_on
     train, val = search_splits("synthetic")
     for seed in (0, 1):
         assert fit(config, train, val, torch.device("cpu"), seed=seed).val_accuracy > 0.4
+
+
+def _rewrite(path: Path, change) -> None:
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    change(batch)
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+
+
+def _labels(n: int, first: int) -> list[int]:
+    return [first] + [(i % 10) for i in range(1, n)]
+
+
+WRONG = [
+    ("data_batch_3", lambda b: b.update(labels=_labels(len(b["labels"]), 12)), "data_batch_3 holds a label of 12; CIFAR-10's labels are the integers 0..9"),
+    ("data_batch_1", lambda b: b.update(data=np.asarray(b["data"]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)),
+     "data_batch_1: its data has shape (1100, 32, 32, 3); the official layout is (N, 3072)"),
+    ("test_batch", lambda b: b.update(data=np.zeros((0, 3072), np.uint8), labels=[]), "test_batch holds no image"),
+    ("test_batch", lambda b: b.update(labels=_labels(len(b["labels"]), -1)), "test_batch holds a label of -1"),
+    ("data_batch_2", lambda b: b.update(data=np.asarray(b["data"], dtype=np.float32) / 255),
+     "data_batch_2: its data is float32; the official layout holds bytes, 0..255"),
+]
+
+
+@pytest.mark.parametrize("name, change, words", WRONG, ids=["label-12", "hwc-layout", "empty-test", "test-label", "floats"])
+def test_a_wrong_dataset_is_refused_in_one_line_before_any_training(tmp_path, capsys, name, change, words):
+    """Each batch is checked in full as it is read: what `run` (its training batches) and `train`
+    (its test batch too) read before any training."""
+    from conftest import refusal
+
+    root = write_layout(tmp_path)
+    _rewrite(root / name, change)
+    command = ["train", "--config", "seed", "--seeds", "1", "--device", "cpu"] if name == "test_batch" else \
+        ["run", "--space", "smoke", "--device", "cpu", "--trials", "1", "--storage", f"sqlite:///{tmp_path / 's.db'}"]
+    err = refusal(capsys, *command, "--data-dir", str(tmp_path), *(["--out", str(tmp_path / "out")] if name == "test_batch" else []))
+    assert words in err
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "out").exists()  # nothing made, nothing trained

@@ -137,3 +137,10 @@ def test_export_takes_its_format_from_the_extension_and_refuses_a_clash(finished
     assert [r["trial"] for r in json.loads((tmp_path / "x.json").read_text())] == [0, 1]
     err = refusal(capsys, "export", "--storage", storage, "--study", study, "--out", str(tmp_path / "y.json"), "--format", "csv")
     assert "--format csv contradicts --out" in err and not (tmp_path / "y.json").exists()
+
+
+def test_a_format_in_capitals_is_the_same_format(fake_db, tmp_path):
+    url, study = fake_db
+    out = tmp_path / "T.CSV"
+    assert run_cli("export", "--study", "fake", "--storage", url, "--format", "CSV", "--out", str(out)) == 0
+    assert pd.read_csv(out).shape[0] == len(study.trials)

@@ -221,3 +221,62 @@ def test_more_bad_input_changes_nothing(default_search, tmp_path, monkeypatch, c
     monkeypatch.chdir(workdir)
     assert message in refusal(capsys, "run", *SMOKE, "--trials", "2", *args)
     assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--timeout", "nan"), "--timeout must be positive, got nan"),
+    (("--checkpoint-every", "nan"), "--checkpoint-every must be 0 (every epoch) or more seconds, got nan"),
+    (("--seed", "-1"), "--seed -1 is out of range; allowed: 0..4294967295"),
+    (("--seed", str(2**32)), f"--seed {2**32} is out of range"),
+    (("--heartbeat", "100000000000"), "--heartbeat 100000000000 is longer than 3600 s"),
+    (("--workers", "64"), "--workers 64 on a CPU of"),
+    (("--budget", "-1"), "--budget must be positive, got -1"),
+], ids=["timeout-nan", "checkpoint-nan", "seed-negative", "seed-too-big", "heartbeat-huge", "workers-64", "budget"])
+def test_numbers_out_of_range_are_refused_before_a_study_is_made(tmp_path, capsys, args, words):
+    err = refusal(capsys, "run", "--space", "smoke", "--data", "synthetic", "--device", "cpu", *args,
+                  "--storage", f"sqlite:///{tmp_path / 's.db'}")
+    assert words in err and not (tmp_path / "s.db").exists()
+
+
+def test_a_bad_progress_interval_is_refused_as_the_memory_limit_is(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CERBERUS_PROGRESS_SECONDS", "abc")
+    err = refusal(capsys, "run", "--space", "smoke", "--data", "synthetic", "--storage", f"sqlite:///{tmp_path / 's.db'}")
+    assert "CERBERUS_PROGRESS_SECONDS='abc' is not a number of seconds" in err and not (tmp_path / "s.db").exists()
+    monkeypatch.setenv("CERBERUS_PROGRESS_SECONDS", "nan")
+    assert "CERBERUS_PROGRESS_SECONDS='nan'" in refusal(capsys, "train", "--config", "seed", "--data", "synthetic",
+                                                        "--out", str(tmp_path / "out"))
+
+
+def test_workers_that_cannot_all_fit_in_memory_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CERBERUS_MEMORY_LIMIT", "1500M")  # enough for one worker, not two
+    err = refusal(capsys, "run", "--space", "smoke", "--data", "synthetic", "--device", "cpu", "--workers", "2",
+                  "--storage", f"sqlite:///{tmp_path / 's.db'}")
+    assert "--workers 2 on cpu: each worker needs at least" in err and "give --workers 1 or fewer" in err
+
+
+@pytest.mark.slow
+def test_sigkill_then_the_same_command_at_once_trains_the_rest_and_leaves_nothing_running(workdir):
+    """The regression: a run killed with SIGKILL, then the same command at once, said it held 5 of
+    6 trained trials and left the dead trial RUNNING (its heartbeat still fresh, it counted as
+    trained by another worker). A dead worker of this machine is found by its pid and its trial
+    resumed at once."""
+    db = workdir / "studies" / "cerberus.db"
+    args = ("run", *SMOKE, "--trials", "4", "--epochs", "3", "--seed", "1", "--heartbeat", "60")
+    proc = popen(*args, cwd=workdir)
+    deadline, training = time.time() + 300, False
+    while time.time() < deadline and not training:  # one trained, the next one training (past its memory check)
+        time.sleep(0.2)
+        try:
+            trials = optuna.load_study(study_name="cerberus", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+        except Exception:  # not made yet
+            continue
+        training = len(trained(db)) >= 1 and any(t.state == TrialState.RUNNING and "memory_bytes" in t.user_attrs
+                                                 for t in trials)
+    proc.kill()
+    assert training, proc.communicate()
+    proc.communicate(timeout=30)
+    r = cli(*args, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    trials = optuna.load_study(study_name="cerberus", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+    assert len(trained(db)) == 4 and not [t for t in trials if t.state == TrialState.RUNNING], ([(t.number, t.state, t.user_attrs.get("worker")) for t in trials], r.stderr)
+    assert "the study holds 4 of 4 trained trials" in r.stderr

@@ -331,3 +331,24 @@ def test_accuracy_against_training_flops_is_a_two_objective_study(tmp_path):
     for t in study.trials:
         assert t.values[1] == t.user_attrs["train_flops"] > 0
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+
+
+@pytest.mark.parametrize("kind", ["text", "another-net"])
+def test_a_checkpoint_that_cannot_be_resumed_is_set_aside_and_the_trial_trains_from_scratch(tmp_path, kind):
+    """A queued retry used to fail on it (IndexError, RuntimeError): now the file is kept aside,
+    the trial says so, and it trains from scratch."""
+    folder = tmp_path / "artifacts" / "checkpoints"
+    folder.mkdir(parents=True)
+    path = folder / "trial-0.pt"  # the first trial's: its origin is 0
+    if kind == "text":
+        path.write_text("not a checkpoint\n" * 10)
+    else:
+        train, val = tiny_splits()
+        with Fit(Config(Arch((2,), (16,)), Recipe(epochs=1, batch_size=128)), train, val, CPU) as other:
+            list(other)
+            checkpoints.save(path, other.state())
+    study, _ = tiny_run(tmp_path, trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["checkpoint_discarded"].startswith("trial-0.pt.discarded: ")
+    assert (folder / "trial-0.pt.discarded").exists() and not path.exists()

@@ -165,3 +165,52 @@ def test_processes_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path):
     assert all(p.returncode == 0 for p in procs), [e[-600:] for e in errors if e][:1]
     for race in range(RACES):
         assert optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/new-{race}.db").get_all_studies() == []
+
+
+def _failure(capsys, *args) -> str:
+    """What a command that the world defeats prints: exit 1, one line, no traceback."""
+    code = run_cli(*args)
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (args, code, err)
+    return err
+
+
+@pytest.mark.slow
+def test_on_a_full_disk_reads_leave_no_file_and_writes_end_in_one_line(finished, full_disk, capsys, monkeypatch):
+    """A study on a full tmpfs: best, export --json and studies read it and leave no -wal or -shm;
+    report and export to it, and a search of it, end in one line and exit 1, the study unchanged."""
+    folder, storage, study = finished
+    disk, fill = full_disk
+    shutil.copy(folder / "smoke.db", disk / "smoke.db")
+    fill()
+    url = f"sqlite:///{disk / 'smoke.db'}"
+    before = snapshot(disk)
+    assert run_cli("best", "--study", study, "--storage", url) == 0
+    assert run_cli("studies", "--storage", url, "--json") == 0
+    capsys.readouterr()
+    assert snapshot(disk) == before  # no -wal, no -shm, not a byte changed
+    assert "no space left on the device" in _failure(capsys, "report", "--study", study, "--storage", url,
+                                                     "--out", str(disk / "report.html"))
+    assert "no space left on the device" in _failure(capsys, "export", "--study", study, "--storage", url,
+                                                     "--out", str(disk / "trials.csv"))
+    assert snapshot(disk) == before  # the half-written report and export are gone
+    monkeypatch.chdir(ROOT)
+    err = _failure(capsys, "run", "--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu",
+                   "--trials", "1", "--storage", f"sqlite:///{disk / 'new.db'}")
+    assert "disk that holds the study is full" in err and not (disk / "new.db").exists()
+
+
+@pytest.mark.slow
+def test_a_damaged_database_is_one_line_for_every_command_and_stays_as_it_was(finished, capsys, monkeypatch):
+    folder, storage, study = finished
+    db = folder / "smoke.db"
+    with open(db, "r+b") as f:  # a page in the middle overwritten, as a bad sector or a torn copy leaves it
+        f.seek(3 * 4096)
+        f.write(b"\xff" * 3000)
+    damaged = db.read_bytes()
+    url = f"sqlite:///{db}"
+    monkeypatch.chdir(folder)
+    for args in (("best", "--study", study), ("export", "--study", study, "--out", str(folder / "t.csv")),
+                 ("run", "--study", study, "--trials", "3")):
+        assert "database file is damaged" in _failure(capsys, *args, "--storage", url)
+    assert db.read_bytes() == damaged and not (folder / "t.csv").exists()

@@ -106,3 +106,37 @@ def test_what_the_proxy_cannot_do_is_refused_in_one_line(workdir, monkeypatch, c
     assert "not a proxy address" in refusal(capsys, "best", "--storage", "grpc://nowhere")
     assert "run `cerberus-search run` instead" in refusal(capsys, "worker")  # the hidden command, without its job
     assert not (workdir / "studies").exists()
+
+
+@pytest.mark.slow
+def test_a_proxy_killed_and_started_again_on_its_port_is_reconnected_to(workdir):
+    """Workers used to end with three tracebacks (an UnboundLocalError inside Optuna's client), and
+    a proxy started again at once on the same port was refused: now the same port is taken again
+    at once, and the worker's calls wait for it and go on."""
+    storage = f"sqlite:///{workdir / 'studies' / 'cerberus.db'}"
+    proxy, url = start_proxy(storage)
+    port = int(url.rsplit(":", 1)[1])
+    args = ("run", *SMOKE, "--storage", url, "--trials", "3", "--epochs", "2", "--seed", "0")
+    proc = popen(*args, cwd=workdir)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the first trial has reported an epoch
+        try:
+            trials = optuna.load_study(study_name="cerberus", storage=storage).get_trials(deepcopy=False)
+        except KeyError:
+            trials = []
+        if trials and trials[0].intermediate_values:
+            break
+        time.sleep(0.1)
+    proxy.kill()
+    proxy.wait()
+    time.sleep(1.0)
+    proxy, _ = start_proxy(storage, port)  # at once, on the same port
+    try:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        done = optuna.load_study(study_name="cerberus", storage=storage).get_trials(deepcopy=False)
+        assert sum(t.state == TrialState.COMPLETE for t in done) >= 3
+    finally:
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(30)

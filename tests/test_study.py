@@ -4,6 +4,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -258,3 +260,23 @@ def test_a_budget_is_part_of_the_definition_and_excludes_epochs(tmp_path, capsys
     assert "give --epochs or --budget, not both" in err and not (tmp_path / "x.db").exists()
     assert "--pruner 'asha' is not a pruner; allowed: median, percentile, halving, hyperband, none" in refusal(
         capsys, "run", "--space", "smoke", "--data", "synthetic", "--pruner", "asha", "--storage", f"sqlite:///{tmp_path / 'x.db'}")
+
+
+@pytest.mark.slow
+def test_two_runs_that_create_one_study_at_once_with_different_spaces_have_one_winner(workdir):
+    """Both used to proceed, and the study ended with trials of two definitions."""
+    other = (workdir / "search" / "smoke.toml").read_text().replace("widths = [8, 16]", "widths = [4, 12]")
+    (workdir / "other.toml").write_text(other)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = [subprocess.Popen([sys.executable, "-m", "cerberus", "run", "--space", space, "--data", "synthetic",
+                              "--device", "cpu", "--trials", "2"], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for space in ("search/smoke.toml", "other.toml")]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "another --study" in loser and "Traceback" not in loser and len(loser.strip().splitlines()) == 1
+    study = load(workdir)
+    widths = {w for t in study.trials if "config" in t.user_attrs for w in t.user_attrs["config"]["arch"]["widths"]}
+    stored = study.user_attrs["definition"]["space"]
+    assert widths <= ({8, 16} if stored == "search/smoke.toml" else {4, 12}), (stored, widths)
