@@ -5,8 +5,8 @@
 # root of a checkout on the GPU machine, `.device` in the call's carry (filled as the developers'
 # guide says: about 60 MiB of the 64 a call may carry, so keep the checkout itself small):
 #
-#     source .device/setup.sh && bash benchmarks/gpu_session.sh env bench search     # ~4.5 min
-#     source .device/setup.sh && bash benchmarks/gpu_session.sh accuracy memory      # ~4.5 min
+#     source .device/setup.sh && bash benchmarks/gpu_session.sh env frontier bench   # ~4.5 min
+#     source .device/setup.sh && bash benchmarks/gpu_session.sh search accuracy memory  # ~4.5 min
 #
 # and `workers` or `compile` in a third call only if device time is left.
 #
@@ -44,6 +44,10 @@ run_env() {
     step env 20 "$PY" -c "import sys, torch, optuna, cerberus; print(sys.version.split()[0], torch.__version__, torch.version.cuda, optuna.__version__, cerberus.__version__)"
 }
 
+run_frontier() {  # airbench94 as published beside cerberus's search/fast.json, same data and GPU; fast at airbench95's 1.4 PFLOP
+    step frontier 150 "$PY" benchmarks/airbench_side.py --data-dir "$DATA_DIR" --runs 2 --budget 1.4 --device "$DEVICE"
+}
+
 run_bench() {  # the course net's step eager and as a CUDA graph, at batch 128 and 512, against both course loops; MFU
     local on=("$PY" -m cerberus bench --device "$DEVICE" "${ON_DATA[@]}" --steps 50 --json)
     step bench 90 "${on[@]}" --baseline --plain
@@ -79,7 +83,7 @@ run_compile() {  # does torch.compile repay its compile time within a trial?
     step compile 180 "$PY" -m cerberus bench --device "$DEVICE" "${ON_DATA[@]}" --steps 200 --compile --json
 }
 
-STEPS="env bench search accuracy memory workers compile"
+STEPS="env frontier bench search accuracy memory workers compile"
 [ $# -eq 0 ] && { echo "name the steps: $STEPS" >&2; exit 2; }
 for s in "$@"; do
     case " $STEPS " in
