@@ -189,3 +189,38 @@ def full_disk(tmp_path):
 
     yield folder, fill
     subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def refused(workdir, monkeypatch, capsys):
+    """``refused(args, message)``: the command, in this process (the same app, without seconds
+    of imports; a real process is checked above), exits 2 with one line and creates nothing."""
+    monkeypatch.chdir(workdir)
+
+    def check(args, message):
+        assert message in refusal(capsys, *args)
+        assert not (workdir / "studies").exists()
+
+    return check
+
+
+@pytest.fixture
+def finished(smoke_study, tmp_path):
+    """A copy of a finished smoke study: (folder, storage URL, study), its file in WAL mode with
+    no -wal or -shm beside it, as a search leaves it."""
+    folder, storage, study = smoke_study
+    copy = shutil.copytree(folder / "studies", tmp_path / "studies")
+    assert sorted(p.name for p in copy.iterdir() if p.is_file()) == ["smoke.db"]
+    return copy, f"sqlite:///{copy / 'smoke.db'}", study
+
+
+@pytest.fixture
+def plain_optuna(tmp_path):
+    """A study made by plain Optuna, minimising, three trials; (folder, URL)."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    study = optuna.create_study(study_name="plain", storage=url, direction="minimize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
+    del study
+    return tmp_path, url

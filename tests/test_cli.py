@@ -7,21 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, refusal, run_cli
-
-
-@pytest.fixture
-def refused(workdir, monkeypatch, capsys):
-    """``refused(args, message)``: the command, in this process (the same app, without seconds
-    of imports; a real process is checked above), exits 2 with one line and creates nothing."""
-    monkeypatch.chdir(workdir)
-
-    def check(args, message):
-        assert message in refusal(capsys, *args)
-        assert not (workdir / "studies").exists()
-
-    return check
-
+from conftest import ROOT, run_cli
 
 
 @pytest.mark.slow

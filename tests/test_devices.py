@@ -7,20 +7,6 @@ from conftest import refusal
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
 
 
-@pytest.fixture
-def refused(workdir, monkeypatch, capsys):
-    """``refused(args, message)``: the command, in this process (the same app, without seconds
-    of imports; a real process is checked above), exits 2 with one line and creates nothing."""
-    monkeypatch.chdir(workdir)
-
-    def check(args, message):
-        assert message in refusal(capsys, *args)
-        assert not (workdir / "studies").exists()
-
-    return check
-
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_requested_without_cuda(refused):
     refused(("run", *SMOKE[:4], "--device", "cuda"), "CUDA is not available on this machine")

@@ -1,11 +1,9 @@
 """cerberus.export and the `export` command: one row per trial in csv, parquet or json."""
 
 import json
-import shutil
 import sys
 
 import fake_studies
-import optuna
 import pandas as pd
 import pytest
 from conftest import cli, refusal, run_cli
@@ -37,27 +35,6 @@ def fake_db(tmp_path_factory):
 def _value(x):
     """A cell as Python: an empty cell is None whatever the format's idea of empty."""
     return None if pd.isna(x) else x
-
-
-@pytest.fixture
-def finished(smoke_study, tmp_path):
-    """A copy of a finished smoke study: (folder, storage URL, study), its file in WAL mode with
-    no -wal or -shm beside it, as a search leaves it."""
-    folder, storage, study = smoke_study
-    copy = shutil.copytree(folder / "studies", tmp_path / "studies")
-    assert sorted(p.name for p in copy.iterdir() if p.is_file()) == ["smoke.db"]
-    return copy, f"sqlite:///{copy / 'smoke.db'}", study
-
-
-@pytest.fixture
-def plain_optuna(tmp_path):
-    """A study made by plain Optuna, minimising, three trials; (folder, URL)."""
-    url = f"sqlite:///{tmp_path / 'plain.db'}"
-    study = optuna.create_study(study_name="plain", storage=url, direction="minimize")
-    study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
-    del study
-    return tmp_path, url
-
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])

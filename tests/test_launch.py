@@ -43,22 +43,8 @@ def assert_refused(r, message, workdir):
     assert not (workdir / "studies").exists()  # nothing created
 
 
-@pytest.fixture
-def refused(workdir, monkeypatch, capsys):
-    """``refused(args, message)``: the command, in this process (the same app, without seconds
-    of imports; a real process is checked above), exits 2 with one line and creates nothing."""
-    monkeypatch.chdir(workdir)
-
-    def check(args, message):
-        assert message in refusal(capsys, *args)
-        assert not (workdir / "studies").exists()
-
-    return check
-
-
 def load(workdir, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'studies' / 'cerberus.db'}")
-
 
 
 @pytest.mark.slow

@@ -40,14 +40,20 @@ def test_every_optimizer_and_schedule_trains(splits, optimizer, lr, schedule):
     assert math.isfinite(result.val_accuracy) and result.val_accuracy > 0.12
 
 
-def test_warmup_ramps_the_learning_rate_before_cosine_decay():
+def learning_rates(schedule: str, warmup: float, steps: int = 100) -> list[float]:
+    """The learning rate of each of ``steps`` steps under ``schedule``, peaking at 1."""
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    sched = SCHEDULES["cosine"].build(opt, Recipe(lr=1.0, schedule="cosine", warmup=0.1), 100)
+    sched = SCHEDULES[schedule].build(opt, Recipe(lr=1.0, schedule=schedule, warmup=warmup), steps)
     lrs = []
-    for _ in range(100):
+    for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return lrs
+
+
+def test_warmup_ramps_the_learning_rate_before_cosine_decay():
+    lrs = learning_rates("cosine", 0.1)
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:10])) and lrs[-1] < 0.01
 
@@ -161,13 +167,7 @@ def test_filter_muon_in_fp32_orthogonalises_and_keeps_each_bank_at_norm_sqrt_out
 
 
 def test_the_linear_schedule_warms_up_then_decays_linearly_to_near_zero():
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    sched = SCHEDULES["linear"].build(opt, Recipe(lr=1.0, schedule="linear", warmup=0.1), 100)
-    lrs = []
-    for _ in range(100):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = learning_rates("linear", 0.1)
     assert lrs[9] == pytest.approx(1.0) and lrs[0] == pytest.approx(0.1)
     assert lrs[55] == pytest.approx(0.5, abs=0.02) and 0 < lrs[-1] <= 0.012
 

@@ -21,16 +21,6 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def finished(smoke_study, tmp_path):
-    """A copy of a finished smoke study: (folder, storage URL, study), its file in WAL mode with
-    no -wal or -shm beside it, as a search leaves it."""
-    folder, storage, study = smoke_study
-    copy = shutil.copytree(folder / "studies", tmp_path / "studies")
-    assert sorted(p.name for p in copy.iterdir() if p.is_file()) == ["smoke.db"]
-    return copy, f"sqlite:///{copy / 'smoke.db'}", study
-
-
 READERS = [
     ("best",), ("best", "--json"), ("report", "--out", "{out}/r.html"), ("export", "--out", "{out}/t.csv"), ("studies",),
     ("train", "--trial", "99", "--data", "synthetic", "--device", "cpu"),  # refused after reading the study
@@ -64,7 +54,6 @@ for race in range(int(sys.argv[3])):
     time.sleep(max(0.0, at + race - time.time()))
     open_storage(f"sqlite:///{folder}/new-{race}.db", create=True, heartbeat=1)
 """
-
 
 
 @pytest.mark.slow

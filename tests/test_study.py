@@ -55,21 +55,10 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def plain_optuna(tmp_path):
-    """A study made by plain Optuna, minimising, three trials; (folder, URL)."""
-    url = f"sqlite:///{tmp_path / 'plain.db'}"
-    study = optuna.create_study(study_name="plain", storage=url, direction="minimize")
-    study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
-    del study
-    return tmp_path, url
-
-
 def write_space(tmp_path, widths="[8, 64]"):
     path = tmp_path / "space.toml"
     path.write_text(f"[arch]\nstages = 1\nblocks = 1\nwidths = {widths}\n[recipe]\nepochs = 1\nbatch_size = 256\nlr = 0.05\n")
     return spaces.load(path)
-
 
 
 @pytest.mark.slow
