@@ -1,4 +1,4 @@
-"""How much of a search's wall time is not training steps (issue 3: target <= 5%).
+"""How much of a search's wall time is not training steps (target: at most 5%), and how its trials ended.
 
 Reads a finished study (one worker) and prints, over its trained trials: the wall time from
 the first trial's start to the last one's end, the training steps' share of it (user attr
@@ -16,7 +16,7 @@ import json
 
 import optuna
 
-from cerberus.trials import is_trained
+from cerberus.trials import end_reason, is_trained, rejected
 
 
 def main() -> None:
@@ -33,7 +33,9 @@ def main() -> None:
     inside = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
     steps = sum(t.user_attrs.get("step_seconds", 0.0) for t in trials if is_trained(t))
     out = {"study": a.study, "trials": len(trials), "trained": sum(map(is_trained, trials)), "wall_s": wall,
-           "step_s": steps, "overhead": 1 - steps / wall, "inside_trials_s": inside - steps, "between_trials_s": wall - inside}
+           "step_s": steps, "overhead": 1 - steps / wall, "inside_trials_s": inside - steps, "between_trials_s": wall - inside,
+           "pruned": sum(end_reason(t) == "pruned" for t in trials), "rejected": sum(map(rejected, trials)),
+           "failed": sum(t.state.name == "FAIL" for t in trials)}
     print(f"{out['trained']} trained of {out['trials']} finished trials: {wall:.1f} s wall, {steps:.1f} s training steps; "
           f"overhead {out['overhead']:.1%} ({out['inside_trials_s']:.1f} s inside trials: sampling, set-up, evaluation, "
           f"storage; {out['between_trials_s']:.1f} s between trials)")
