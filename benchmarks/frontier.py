@@ -122,7 +122,9 @@ def run_row(name: str, config: dict[str, Any], seeds: int, out: Path, data: list
         subprocess.run(command, check=True, env=child_env())
     m = json.loads((folder / "metrics.json").read_text())
     return {"test_accuracy": m["test_accuracy"], "test_accuracy_std": m["test_accuracy_std"], "seeds": m["test_seeds"],
-            "seconds_per_seed": [s["train_seconds"] for s in m["seeds"]], "pflop_per_seed": m["train_flops"] / 1e15,
+            "seconds_per_seed": [s["train_seconds"] for s in m["seeds"]],
+            "step_seconds_per_seed": [s.get("step_seconds") for s in m["seeds"]],
+            "test_seconds_per_seed": [s.get("test_seconds") for s in m["seeds"]], "pflop_per_seed": m["train_flops"] / 1e15,
             "params": m["params"], "epochs": m["epochs"], "precision": m["precision"], "device": m["device"],
             "torch": m["torch"], "date": m["date"], "config": json.loads((folder / "config.json").read_text())}
 

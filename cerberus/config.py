@@ -76,6 +76,8 @@ class Arch:
     bn_weight: str = knob("learned", "BatchNorm's scale: learned, or frozen at 1 (airbench)", OneOf(("learned", "frozen")))
     bn_momentum: float = knob(0.1, "weight of each batch in BatchNorm's running statistics (torch's momentum; "
                               "airbench 0.4)", Interval(0, 1, open_low=True))
+    residual: bool = knob(True, "add each block's input to its output (pooled, or projected where the width "
+                          "changes); false: plain blocks, as airbench's", BOOL)
 
     def __post_init__(self) -> None:
         if len(self.blocks) != len(self.widths) or not self.blocks:

@@ -159,7 +159,7 @@ def saved_indices(arch: Arch, batch: int) -> list[tuple[int, int]]:
     out = []
     for s in size.stages(arch):
         if s.pooled:
-            out += [(batch * s.width * s.side ** 2, 1), (batch * s.c_in * s.side ** 2, 1)]
+            out += [(batch * s.width * s.side ** 2, 1), *([(batch * s.c_in * s.side ** 2, 1)] if arch.residual else [])]
     if arch.pool_type == "max":
         out.append((batch * size.features(arch), 1))
     return out

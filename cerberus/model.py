@@ -14,7 +14,8 @@ your ResNet", hlb-CIFAR10, Keller Jordan's airbench), each off by default:
   the shortcut max-pools too (and projects when the width changes).
 * ``activation = "gelu"``, ``conv_init = "identity"`` (each conv's first filters pass their
   input channel through: ``dirac_``; the head's weights start at std 1/inputs), ``bn_weight = "frozen"`` (BatchNorm's scale fixed at 1),
-  ``bn_momentum`` (how fast the running statistics follow), ``pool_type = "max"``.
+  ``bn_momentum`` (how fast the running statistics follow), ``pool_type = "max"``, and
+  ``residual = False`` (plain blocks, no shortcut: airbench's ConvGroup).
 
 ``measure(arch)`` builds the same module on the meta device (no memory, no weights) and counts
 its parameters and its forward FLOPs per image with torch's FlopCounterMode, and the FLOPs of a
@@ -74,12 +75,12 @@ class BasicBlock(nn.Module):
         shortcut: list[nn.Module] = [nn.MaxPool2d(2)] if pooled else []
         if stride != 1 or c_in != c_out:
             shortcut += [_conv(c_in, c_out, arch.skip_kernel, stride, arch), _norm(c_out, arch)]
-        self.shortcut = nn.Sequential(*shortcut)
+        self.shortcut = nn.Sequential(*shortcut) if arch.residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.pool(self.conv1(x))))
         out = self.bn2(self.conv2(out))
-        return self.act(out + self.shortcut(x))
+        return self.act(out if self.shortcut is None else out + self.shortcut(x))
 
 
 class Whiten(nn.Module):

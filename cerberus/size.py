@@ -16,7 +16,7 @@ BatchNorm, or a frozen 2x2 whitening conv 3 -> 24 with a bias); per stage, ``blo
 BasicBlocks of width ``widths[i]``, two F x F convs and two BatchNorms each, the first one
 halving the map (by a stride in every stage after the first, or by a max-pool after it in every
 stage), with a K x K conv and a BatchNorm as its shortcut where the shape changes (where only
-the map halves under a max-pool, the shortcut is that pool); a pool of kernel P (0: the whole
+the map halves under a max-pool, the shortcut is that pool; plain blocks have none); a pool of kernel P (0: the whole
 last map) and a linear layer, with bias, to 10 classes.
 """
 
@@ -52,7 +52,7 @@ def stages(arch: Arch) -> list[Stage]:
     for i, ((side_in, side), n, width) in enumerate(zip(arch.sides, arch.blocks, arch.widths)):
         pooled = arch.downsample == "pool"
         strided = not pooled and i > 0
-        out.append(Stage(n, c_in, width, side_in, side, pooled, strided or c_in != width))
+        out.append(Stage(n, c_in, width, side_in, side, pooled, arch.residual and (strided or c_in != width)))
         c_in = width
     return out
 

@@ -33,6 +33,7 @@ import json
 import os
 import statistics
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -136,11 +137,13 @@ def check_out(out: Path) -> None:
 class SeedResult:
     seed: int
     test_accuracy: float | None  # None: the loss diverged and the model was not scored
-    train_seconds: float
+    train_seconds: float  # the whole seed: its set-up, every step, and its scoring on the test set
     images_per_s: float
     epochs: int
     weights: str | None  # file name inside OUT
     cuda_graph: bool = False  # its steps replayed a CUDA graph (train --cuda-graph on CUDA, recorded without error)
+    step_seconds: float = 0.0  # its training steps alone, the first one included
+    test_seconds: float = 0.0  # scoring the test set, with the recipe's test-time views
 
 
 def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], None],
@@ -277,20 +280,23 @@ class _SeedWatch:
 
 def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed: int, opts: Options, precision: Precision,
               watch: _SeedWatch) -> SeedResult:
-    weights, accuracy = f"seed-{seed}.pt", None
+    weights, accuracy, test_seconds = f"seed-{seed}.pt", None, 0.0
     with watch.ticker, Fit(config, train, None, opts.device, seed=seed, precision=precision, tally=watch.tally,
                            cuda_graph=opts.cuda_graph) as fit:
         for epoch in fit:
             if not epoch.diverged:
                 watch.epoch_end()
         if not fit.diverged:
+            scored = time.perf_counter()
             accuracy = fit.trainer.evaluate(test)
+            test_seconds = time.perf_counter() - scored
             buffer = io.BytesIO()
             torch.save(fit.trainer.weights(), buffer)
             _write(opts.out / weights, buffer.getvalue())
         result = fit.result()
     return SeedResult(seed, accuracy, result.train_seconds, result.images_per_s, result.epochs,
-                      weights if accuracy is not None else None, result.captured)
+                      weights if accuracy is not None else None, result.captured,
+                      result.step_seconds + result.first_step_seconds, test_seconds)
 
 
 def _metrics(source: Source, config: Config, results: list[SeedResult], opts: Options, precision: Precision,

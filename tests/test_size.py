@@ -25,7 +25,8 @@ FAST = dict(stem="whiten", downsample="pool", activation="gelu", conv_init="iden
 ARCHS = [Arch((1,), (8,)), Arch((2, 2), (16, 32), skip_kernel=3), Arch((1, 1, 1), (8, 16, 32), conv_kernel=5, pool=2),
          Arch((1,) * 6, (8, 8, 16, 16, 32, 32)), Arch((2, 1), (16, 16)), COURSE.arch,
          Arch((1, 1, 1), (8, 16, 16), **FAST), Arch((2, 1), (8, 16), downsample="pool", skip_kernel=3),
-         Arch((1, 2), (16, 16), stem="whiten"), Arch((1, 1), (8, 8), activation="gelu", pool_type="max", pool=2)]
+         Arch((1, 2), (16, 16), stem="whiten"), Arch((1, 1), (8, 8), activation="gelu", pool_type="max", pool=2),
+         Arch((1, 1, 1), (8, 16, 16), residual=False, **FAST), Arch((2, 1), (8, 16), residual=False)]
 
 
 ORACLE_ARCHS = 150  # ~0.1 s each on the meta device, forward and backward; benchmarks/size_oracle.py checks 10,000
@@ -45,6 +46,7 @@ def random_arch(rng: random.Random) -> Arch:
         pool=rng.randint(0, arch.final_map_size),
         pool_type=rng.choice(["avg", "max"]), stem=stem, downsample=downsample,
         activation=rng.choice(["relu", "gelu"]), bn_weight=rng.choice(["learned", "frozen"]),
+        residual=rng.random() < 0.8,
     )
 
 
