@@ -43,6 +43,7 @@ OLD_BEST = json.loads((ROOT / "benchmarks" / "cpu_experiment.json").read_text())
 # decay 0.0153 x batch over the same, over that lr: 1.33e-3; biases 64x).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "no-whiten": {"arch": {"stem": "conv"}},
+    "residual": {"arch": {"residual": True}},
     "no-pool-downsample": {"arch": {"downsample": "stride"}},
     "relu": {"arch": {"activation": "relu"}},
     "no-identity-init": {"arch": {"conv_init": "torch"}},
