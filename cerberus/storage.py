@@ -60,7 +60,6 @@ BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for the lock
 CREATION_TRIES = 10  # opening a database that other processes are creating at the same moment
 NAME_BYTES = 255  # a study name is a folder name: the longest most filesystems allow
 OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
-SQLITE_MAGIC = b"SQLite format 3\0"
 DRIVER_HINT = {"postgresql": 'pip install -e ".[postgres]" (or pip install "psycopg[binary]")'}
 PROXY_SCHEME = "grpc://"
 PROXY_HINT = 'pip install -e ".[grpc]" (or pip install grpcio "protobuf>=5.28.1")'
@@ -315,24 +314,25 @@ def _check_sqlite_file(path: Path, url: str, empty_ok: bool) -> None:
         raise UserError(f"no study storage at {path} ({url}); run `cerberus-search run` first or pass --storage")
     if path.is_dir():
         raise UserError(f"--storage {url}: {path} is a folder, not a database file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except OSError as e:
-        raise UserError(f"--storage {url}: {path} cannot be read ({e.strerror})") from None
-    if not head:
+    # Never open() the file from Python: closing any descriptor of it drops every POSIX lock this
+    # process holds on it, a writer's included, and another process may then delete the -wal
+    # under that writer (https://www.sqlite.org/howtocorrupt.html, 2.2). SQLite reads the header.
+    if not os.access(path, os.R_OK):
+        raise UserError(f"--storage {url}: {path} cannot be read (permission denied)")
+    if path.stat().st_size == 0:
         if empty_ok:
             return
         raise UserError(f"--storage {url}: {path} is empty (0 bytes), not an Optuna database; nothing was written to it")
-    if head != SQLITE_MAGIC:
-        raise UserError(f"--storage {url}: {path} is not a SQLite database; give the .db file of a cerberus study")
-    connection = _read_only_sqlite(path)()
     try:
-        tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error as e:
+        connection = _read_only_sqlite(path)()
+        try:
+            tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as e:
+        if "not a database" in str(e):
+            raise UserError(f"--storage {url}: {path} is not a SQLite database; give the .db file of a cerberus study") from None
         raise UserError(f"--storage {url}: {path} cannot be read as SQLite ({e})") from None
-    finally:
-        connection.close()
     # A search may find the tables half made by a worker that is creating them right now.
     foreign = tables and not tables & OPTUNA_TABLES if empty_ok else not OPTUNA_TABLES <= tables
     if foreign:

@@ -131,9 +131,9 @@ def settle(name: str, stored: Definition | None, asked: Request, stored_objectiv
              f"{asked.space} (sha256 {_digest(asked.space_text)[:12]})", asked.space_text is not None
              and _digest(asked.space_text) != stored.space_digest),
             ("--max-params", f"{stored.max_params:,}", f"{asked.max_params or 0:,}", asked.max_params not in (None, stored.max_params)),
-            ("--epochs", _length(stored.epochs, stored.budget), _length(asked.epochs, None),
+            ("--epochs", _setting(stored.epochs, stored), f"{asked.epochs}",
              asked.epochs not in (None, stored.epochs)),
-            ("--budget", _length(stored.epochs, stored.budget), _length(None, asked.budget),
+            ("--budget", _setting(stored.budget, stored), f"{asked.budget:g}" if asked.budget is not None else "",
              asked.budget not in (None, stored.budget)),
             ("--data", stored.data, asked.data, asked.data not in (None, stored.data)),
             ("--objectives", ",".join(stored.objectives), ",".join(asked.objectives or ()),
@@ -149,6 +149,11 @@ def settle(name: str, stored: Definition | None, asked: Request, stored_objectiv
 
 def _digest(text: str | None) -> str:
     return hashlib.sha256((text or "").encode()).hexdigest()
+
+
+def _setting(value: int | float | None, stored: Definition) -> str:
+    """A stored --epochs or --budget as the option would say it, or the length the study has instead."""
+    return f"{value:g}" if value is not None else f"none ({_length(stored.epochs, stored.budget)})"
 
 
 def _length(epochs: int | None, budget: float | None) -> str:

@@ -102,7 +102,7 @@ def test_default_space_holds_the_course_configuration():
               "trivial_augment": False, "pool_type": "avg", "stem": "conv", "downsample": "stride", "activation": "relu",
               "conv_init": "torch", "bn_weight": "learned", "bn_momentum": 0.1, "momentum": 0.9, "lr_bias_scale": 1.0,
               "lr_head_scale": 1.0, "ema": 0.0, "tta_shift": False, "crop_padding": 4, "crop_fill": "mean",
-              "alternate_flip": False}
+              "alternate_flip": False, "residual": True}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # FixedTrial only warns of a value outside a range or choice
         config = spaces.load(ROOT / "search/default.toml").sample(optuna.trial.FixedTrial(params))

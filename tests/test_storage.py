@@ -203,3 +203,26 @@ def test_a_damaged_database_is_one_line_for_every_command_and_stays_as_it_was(fi
                  ("run", "--study", study, "--trials", "3")):
         assert "database file is damaged" in _failure(capsys, *args, "--storage", url)
     assert db.read_bytes() == damaged and not (folder / "t.csv").exists()
+
+
+def test_a_read_in_a_process_that_holds_a_writer_keeps_the_writers_file_whole(tmp_path):
+    """Python's open() and close() of the file used to drop the writer's SQLite locks, so a
+    second process deleted the -wal under it and this process then read a 'malformed' database
+    (https://www.sqlite.org/howtocorrupt.html, 2.2): seen as `run` in a test after a `run` there."""
+    from cerberus import storage as stores
+
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    writer = stores.open_storage(url)
+    optuna.create_study(study_name="here", storage=writer).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    holder = sqlite3.connect(tmp_path / "a.db")  # a connection of this process, as a pooled one of Optuna's
+    holder.execute("SELECT count(*) FROM trials").fetchone()
+    with stores.reading(url):
+        pass
+    other = ("import optuna; from cerberus.storage import open_storage; "
+             f"optuna.create_study(study_name='there', storage=open_storage({url!r}))"
+             ".optimize(lambda t: t.suggest_float('x', 0, 1), n_trials=2)")
+    subprocess.run([sys.executable, "-c", other], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    with stores.reading(url) as storage:
+        assert len(optuna.load_study(study_name="there", storage=storage).trials) == 2
+    assert len(optuna.load_study(study_name="here", storage=writer).trials) == 1
+    assert holder.execute("SELECT count(*) FROM trials").fetchone() == (3,)

@@ -81,7 +81,8 @@ def test_train_a_trial_writes_weights_config_and_metrics_and_records_them_on_the
     out = study_dir / "studies" / "cerberus" / "final" / f"trial-{n}"
     metrics = json.loads(r.stdout)
     assert metrics == json.loads((out / "metrics.json").read_text())
-    assert "seed 0 (1 of 2): training 1 epoch(s) on 5,000 images" in r.stderr and "Traceback" not in r.stderr
+    assert re.search(r"seed 0 \(1 of 2\): training 1 epoch\(s\), [0-9.e-]+ PFLOP, on 5,000 images", r.stderr), r.stderr
+    assert "Traceback" not in r.stderr
 
     config = Config.from_json((out / "config.json").read_text())
     assert config == Config.from_dict(best["config"])  # the smoke space trains 1 epoch, so --epochs 1 changes nothing
@@ -162,7 +163,7 @@ def test_search_seed_json_is_the_course_config():
     (("--trial", "0", "--epochs", "0"), "--epochs must be positive, got 0"),
     (("--config", "broken.json"), "--config broken.json is not JSON (Expecting property name"),
     (("--config", "unknown.json"), "--config unknown.json: config.recipe: unknown key 'nope'; allowed:"),
-    (("--config", "missing.json"), "--config 'missing.json': no such file, and not a shipped name; shipped: seed"),
+    (("--config", "missing.json"), "--config 'missing.json': no such file, and not a shipped name; shipped: fast, seed, seed-cpu"),
     (("--config", "search/seed.json", "--data", "imagenet"), "--data 'imagenet' is not a dataset"),
 ])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(searched, monkeypatch, capsys, args, message):

@@ -73,11 +73,11 @@ def test_eight_workers_on_postgresql_lose_nothing(postgres_url):
 
 @pytest.mark.slow
 def test_run_with_workers_fills_one_study_and_stops_at_the_target(workdir):
-    """Three workers, three trials: each counts the trials the others are training, so none
-    starts a fourth (before, each went on until the study held three: five trained)."""
-    r = cli("run", *SMOKE, "--trials", "3", "--workers", "3", cwd=workdir)
+    """Two workers (one a core), three trials: each counts the trials the other is training, so
+    neither starts a fourth (before, each went on until the study held three: four trained)."""
+    r = cli("run", *SMOKE, "--trials", "3", "--workers", "2", cwd=workdir)
     assert r.returncode == 0, r.stderr
-    assert "[w0]" in r.stderr and "[w1]" in r.stderr and "[w2]" in r.stderr
+    assert "[w0]" in r.stderr and "[w1]" in r.stderr
     trials = distinct_numbers(f"sqlite:///{workdir / 'studies' / 'cerberus.db'}")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 3
