@@ -16,8 +16,8 @@ from proxies import start_proxy
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
 
 
-def through_proxy(url: str, workers: int = 8, trials: int = 5) -> dict:
-    """8 worker processes, 40 trained trials in all (the 2-core machine serves ~3 a second
+def through_proxy(url: str, workers: int = 8, trials: int = 2) -> dict:
+    """8 worker processes, 16 trained trials in all (the 2-core machine serves ~3 a second
     through the proxy; benchmarks/RESULTS.md has 200 and the direct figures)."""
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "proxy_throughput.py"), "--storage", url, "--proxy",
                         "--workers", str(workers), "--trials", str(trials)],
@@ -116,7 +116,7 @@ def test_a_proxy_killed_and_started_again_on_its_port_is_reconnected_to(workdir)
     storage = f"sqlite:///{workdir / 'studies' / 'cerberus.db'}"
     proxy, url = start_proxy(storage)
     port = int(url.rsplit(":", 1)[1])
-    args = ("run", *SMOKE, "--storage", url, "--trials", "3", "--epochs", "2", "--seed", "0")
+    args = ("run", *SMOKE, "--storage", url, "--trials", "2", "--epochs", "2", "--seed", "0")
     proc = popen(*args, cwd=workdir)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # the first trial has reported an epoch
@@ -136,7 +136,7 @@ def test_a_proxy_killed_and_started_again_on_its_port_is_reconnected_to(workdir)
         assert proc.returncode == 0, err
         assert "Traceback" not in err
         done = optuna.load_study(study_name="cerberus", storage=storage).get_trials(deepcopy=False)
-        assert sum(t.state == TrialState.COMPLETE for t in done) >= 3
+        assert sum(t.state == TrialState.COMPLETE for t in done) >= 2
     finally:
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(30)

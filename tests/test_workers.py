@@ -17,7 +17,7 @@ from cerberus import workers as pool
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
 
 
-def stress(url: str, workers: int = 8, trials: int = 120) -> dict:
+def stress(url: str, workers: int = 8, trials: int = 60) -> dict:
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "storage_stress.py"), "--storage", url,
                         "--workers", str(workers), "--trials", str(trials)],
                        capture_output=True, text=True, timeout=400, env={"PYTHONPATH": str(ROOT), "PATH": ""})
