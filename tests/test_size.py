@@ -29,7 +29,7 @@ ARCHS = [Arch((1,), (8,)), Arch((2, 2), (16, 32), skip_kernel=3), Arch((1, 1, 1)
          Arch((1, 1, 1), (8, 16, 16), residual=False, **FAST), Arch((2, 1), (8, 16), residual=False)]
 
 
-ORACLE_ARCHS = 150  # ~0.1 s each on the meta device, forward and backward; benchmarks/size_oracle.py checks 10,000
+ORACLE_ARCHS = 80  # ~0.1 s each on the meta device, forward and backward; benchmarks/size_oracle.py checks 10,000
 
 
 def random_arch(rng: random.Random) -> Arch:
@@ -81,7 +81,7 @@ def test_the_closed_form_counts_the_model_exactly(arch):
 
 @pytest.mark.slow
 def test_closed_form_equals_the_meta_device_count_on_random_architectures():
-    rng = random.Random(12)
+    rng = random.Random(15)
     archs = [random_arch(rng) for _ in range(ORACLE_ARCHS)]
     assert {(a.stem, a.downsample, a.activation, a.pool_type) for a in archs} == {
         (s, d, a, p) for s in ("conv", "whiten") for d in ("stride", "pool") for a in ("relu", "gelu") for p in ("avg", "max")}
