@@ -81,7 +81,7 @@ def _trial(study, state, origin, **attrs):
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_loses_nothing(workdir):
-    """6 runs of the same command, two at a time on one study (as `--workers 2` runs them), each
+    """4 runs of the same command, two at a time on one study (as `--workers 2` runs them), each
     SIGKILLed at its own random moment: one at any moment from launch, start-up included, the
     other inside the trial loop (sampling, training, checkpointing, writing); then the same
     command once more completes the study."""
@@ -89,7 +89,7 @@ def test_sigkill_at_random_points_loses_nothing(workdir):
     args = ("run", *SMOKE, "--trials", "4", "--epochs", "2", "--seed", "3")
     rng = random.Random(0)
     completed: set[int] = set()
-    for _ in range(3):  # 6 kills: the suite stays under 10 minutes on 2 cores
+    for _ in range(2):  # 4 kills: the suite stays under 10 minutes on 2 cores
         kill_two_at_random(db, args, workdir, rng)
         if db.exists():
             now = {t.number for t in load(db) if t.state == TrialState.COMPLETE}
@@ -103,7 +103,7 @@ def test_sigkill_at_random_points_loses_nothing(workdir):
     assert len(trained(trials)) >= 4
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     died = [t for t in trials if t.state == TrialState.FAIL]
-    assert died, "6 kills and not one during a trial: the test did not test"
+    assert died, "4 kills and not one during a trial: the test did not test"
     for t in died:
         assert records.end_reason(t) == "worker_died"
         # Optuna's retry callback records the chain of earlier attempts in each retry.

@@ -146,7 +146,7 @@ def test_best_report_and_export_show_the_definition(made, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_accuracy_params_front_then_best_lists_it_and_other_objectives_are_refused(workdir, monkeypatch, capsys):
-    r = cli("run", *SMOKE, "--trials", "4", "--seed", "1", "--study", "mo", "--objectives", "accuracy,params", cwd=workdir)
+    r = cli("run", *SMOKE, "--trials", "3", "--seed", "1", "--study", "mo", "--objectives", "accuracy,params", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "Pareto front:" in r.stderr
     study = load(workdir, "mo")

@@ -87,7 +87,7 @@ def test_run_with_workers_fills_one_study_and_stops_at_the_target(workdir):
 @pytest.mark.slow
 def test_workers_on_separate_machines_share_a_postgresql_study(workdir, postgres_url):
     """Two independent `run` commands, as on two hosts, on one PostgreSQL study; then `best`."""
-    args = ("run", *SMOKE, "--trials", "4", "--storage", postgres_url, "--study", "shared")
+    args = ("run", *SMOKE, "--trials", "2", "--storage", postgres_url, "--study", "shared")
     # One intra-op thread each, as if each had its own machine's cores: two processes of two
     # threads on two cores spend most of their time waiting for each other.
     env = {"PYTHONPATH": str(ROOT), "PATH": "", "OMP_NUM_THREADS": "1"}
@@ -98,7 +98,7 @@ def test_workers_on_separate_machines_share_a_postgresql_study(workdir, postgres
         assert p.returncode == 0, err
     study = optuna.load_study(study_name="shared", storage=postgres_url)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(complete) >= 4 and len({t.number for t in study.trials}) == len(study.trials)
+    assert len(complete) >= 2 and len({t.number for t in study.trials}) == len(study.trials)
     best = cli("best", "--json", "--storage", postgres_url, "--study", "shared", cwd=workdir)
     assert best.returncode == 0 and json.loads(best.stdout)[0]["trial"] in {t.number for t in complete}
 
