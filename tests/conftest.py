@@ -12,6 +12,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# `pytest -n auto` runs a test process per core, and each starts CLI subprocesses: at torch's
+# default of a thread per core each, their threads outnumber the cores and spin waiting for one
+# another (the suite took 32 CPU-minutes so, against 28 run serially). One thread each, set
+# before any test module imports torch, and inherited by the subprocesses they start.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
