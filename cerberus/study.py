@@ -131,9 +131,9 @@ def settle(name: str, stored: Definition | None, asked: Request, stored_objectiv
              f"{asked.space} (sha256 {_digest(asked.space_text)[:12]})", asked.space_text is not None
              and _digest(asked.space_text) != stored.space_digest),
             ("--max-params", f"{stored.max_params:,}", f"{asked.max_params or 0:,}", asked.max_params not in (None, stored.max_params)),
-            ("--epochs", _setting(stored.epochs, stored), f"{asked.epochs}",
+            ("--epochs", _setting(stored.epochs), f"{asked.epochs}",
              asked.epochs not in (None, stored.epochs)),
-            ("--budget", _setting(stored.budget, stored), f"{asked.budget:g}" if asked.budget is not None else "",
+            ("--budget", _setting(stored.budget), f"{asked.budget:g}" if asked.budget is not None else "",
              asked.budget not in (None, stored.budget)),
             ("--data", stored.data, asked.data, asked.data not in (None, stored.data)),
             ("--objectives", ",".join(stored.objectives), ",".join(asked.objectives or ()),
@@ -142,8 +142,10 @@ def settle(name: str, stored: Definition | None, asked: Request, stored_objectiv
     ]
     if differences:
         option, was, now = differences[0]
-        raise UserError(f"study {name!r} was created with {option} {was}, not {now}; leave {option} out to join it "
-                        f"as it is, or give this search another --study")
+        created = (f"with {option} {was}, not {now}" if was is not None
+                   else f"without {option} ({_length(stored.epochs, stored.budget)}), not with {option} {now}")
+        raise UserError(f"study {name!r} was created {created}; leave {option} out to join it as it is, or give this "
+                        f"search another --study")
     return stored
 
 
@@ -151,9 +153,9 @@ def _digest(text: str | None) -> str:
     return hashlib.sha256((text or "").encode()).hexdigest()
 
 
-def _setting(value: int | float | None, stored: Definition) -> str:
-    """A stored --epochs or --budget as the option would say it, or the length the study has instead."""
-    return f"{value:g}" if value is not None else f"none ({_length(stored.epochs, stored.budget)})"
+def _setting(value: int | float | None) -> str | None:
+    """A stored --epochs or --budget as the option would say it; None where the study has none."""
+    return None if value is None else f"{value:g}"
 
 
 def _length(epochs: int | None, budget: float | None) -> str:

@@ -92,6 +92,7 @@ def test_storage_and_study_alone_join_from_a_folder_without_the_space_file(made,
     ("--space", "search/seed.toml", "--space search/smoke.toml (sha256"),
     ("--space", "default", "--space search/smoke.toml"),
     ("--epochs", "2", "--epochs 1, not 2"),
+    ("--budget", "0.01", "without --budget (1 epochs), not with --budget 0.01"),
     ("--max-params", "5000000", "--max-params 200,000, not 5,000,000"),
     ("--data", "cifar10", "--data synthetic, not cifar10"),
     ("--objectives", "accuracy,params", "--objectives accuracy, not accuracy,params"),
@@ -102,6 +103,8 @@ def test_a_run_that_names_another_definition_is_refused_and_writes_nothing(made,
     before = db.read_bytes()
     args = {"--space": "search/smoke.toml", "--epochs": "1", "--max-params": "200000", "--data": "synthetic"}
     args[option] = value
+    if option == "--budget":  # a length instead of the study's --epochs, not beside it
+        del args["--epochs"]
     flat = [x for kv in args.items() for x in kv]
     if option == "--objectives":
         flat += [option, value]
