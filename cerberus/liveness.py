@@ -165,21 +165,25 @@ def _gone(worker: str, host: str) -> bool:
     return False
 
 
-def retry(study: optuna.Study, trial: FrozenTrial) -> None:
+def retry(study: optuna.Study, trial: FrozenTrial, max_retry: int | None = MAX_RETRY) -> None:
+    """Queue ``trial`` again (Optuna's retry callback: the same parameters, its retry history and
+    origin), unless it has been retried ``max_retry`` times already; None: always."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, copy.deepcopy(trial))
+        RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, copy.deepcopy(trial))
 
 
 def queue_again(study: optuna.Study, number: int | None) -> None:
-    """Queue a retry of the trial Ctrl-C stopped, as the heartbeat does for a dead worker's."""
+    """Queue a retry of the trial Ctrl-C stopped, as the heartbeat does for a dead worker's. A
+    person stopping a run says nothing against the trial, so this counts no retries: the retry
+    limit is for trials whose workers keep dying."""
     if number is None:
         return
     trial = study.get_trials(deepcopy=False)[number]
     if trial.state == TrialState.FAIL and trial.user_attrs.get("reason") == Reason.INTERRUPTED:
-        retry(study, trial)
+        retry(study, trial, max_retry=None)
 
 
 def sweep_checkpoints(study: optuna.Study, artifacts: Path | None, grace: float | None, max_retry: int) -> None:

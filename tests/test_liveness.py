@@ -206,3 +206,17 @@ def test_the_sweep_keeps_a_dead_trials_checkpoint_until_its_retry_and_removes_st
     os.utime(old, (past, past))
     liveness.sweep_checkpoints(study, tmp_path, grace=30, max_retry=2)
     assert sorted(p.name for p in folder.iterdir()) == [fresh.name, "trial-1.pt"]
+
+
+def test_a_trial_stopped_by_a_person_is_queued_again_however_often_it_was_retried(tmp_path):
+    """Stopped by Ctrl-C, killed, then stopped again: the third stop found the retry limit spent
+    and queued nothing, although the run said the trial would resume (found by hand: a run of
+    the cpu space interrupted, killed with SIGKILL, then stopped by `timeout`)."""
+    study = optuna.create_study(storage=stores.open_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.set_user_attr("reason", records.Reason.INTERRUPTED)
+    study._storage.set_trial_system_attr(trial._trial_id, "retry_history", list(range(stores.MAX_RETRY)))
+    study.tell(trial, state=TrialState.FAIL)
+    liveness.queue_again(study, trial.number)
+    (queued,) = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert queued.params == study.trials[0].params and queued.system_attrs["retry_history"][-1] == trial.number
