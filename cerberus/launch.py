@@ -12,7 +12,6 @@ rejections or failures in a row), 128 + N when signal N stopped it.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -175,11 +174,12 @@ def check_graphable(cuda_graph: bool, devices: list[Any]) -> None:
 
 def worker_devices(device: str, gpus: str | None, workers: int) -> list[str]:
     """One device spec per worker process: --workers on --device, or --workers on each of --gpus."""
+    from cerberus import workers as pool
     from cerberus.devices import resolve_device
 
     if gpus is None:
-        if resolve_device(device).type == "cpu" and workers > (os.cpu_count() or 1):
-            cores = os.cpu_count() or 1
+        cores = pool.cores()
+        if resolve_device(device).type == "cpu" and workers > cores:
             raise UserError(f"--workers {workers} on a CPU of {cores} core(s): each worker trains on its share of the "
                             f"cores, and more workers than cores only fight over them; allowed: 1..{cores}")
         return [device] * workers

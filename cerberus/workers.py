@@ -87,8 +87,7 @@ def spawn(jobs: list[Job]) -> int:
     the workers."""
     from cerberus import signals
 
-    cores = os.cpu_count() or 1
-    procs = [subprocess.Popen([sys.executable, "-m", "cerberus", "worker"], env=environment(job, jobs, dict(os.environ), cores))
+    procs = [subprocess.Popen([sys.executable, "-m", "cerberus", "worker"], env=environment(job, jobs, dict(os.environ), cores()))
              for job in jobs]
     try:
         codes = [p.wait() for p in procs]
@@ -100,3 +99,12 @@ def spawn(jobs: list[Job]) -> int:
             p.wait()
         return signals.exit_code()
     return max(128 - c if c < 0 else c for c in codes)  # -N: killed by signal N, as a shell reports it
+
+
+def cores() -> int:
+    """The cores this process may run on: its CPU affinity (what Slurm or taskset grant), not
+    the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -1,8 +1,11 @@
 """cerberus.launch and the `run` command: setting a search up, stopping it, running it again."""
 
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import optuna
@@ -262,3 +265,13 @@ def test_sigkill_then_the_same_command_at_once_trains_the_rest_and_leaves_nothin
     trials = optuna.load_study(study_name="cerberus", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
     assert len(trained(db)) == 2 and not [t for t in trials if t.state == TrialState.RUNNING], ([(t.number, t.state, t.user_attrs.get("worker")) for t in trials], r.stderr)
     assert "the study holds 2 of 2 trained trials" in r.stderr
+
+
+@pytest.mark.slow
+def test_workers_are_counted_against_the_cores_this_process_may_use(workdir):
+    """Slurm and taskset grant a job some cores of a bigger machine: its affinity, not the machine's count."""
+    r = subprocess.run([sys.executable, "-m", "cerberus", "run", *SMOKE, "--trials", "2", "--workers", "2"], cwd=workdir,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+                       preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert r.returncode == 2 and "--workers 2 on a CPU of 1 core(s)" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (workdir / "studies").exists()
