@@ -240,7 +240,8 @@ def train(
     storage: Storage = DEFAULT_STORAGE,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs per seed, overriding the configuration's length.")] = None,
     budget: Annotated[Optional[float], typer.Option(help="Training PFLOP per seed, overriding the configuration's length.")] = None,
-    seeds: Annotated[int, typer.Option(help="Train seeds 0..S-1, each scored once on the test set.")] = 3,
+    seeds: Annotated[int, typer.Option(help="Train seeds F..F+S-1 (F is --first-seed), each scored once on the test set.")] = 3,
+    first_seed: Annotated[int, typer.Option(help="The first seed F, so that several machines can each train other seeds.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Folder for weights, config.json, metrics.json; default <study folder>/final/trial-N (or /<config file stem>).")] = None,
     device: Device = "auto",
     data: Annotated[str, typer.Option(help="cifar10 (downloaded on first use) or synthetic.")] = "cifar10",
@@ -252,7 +253,7 @@ def train(
     """Final models: retrain one configuration on train + validation per seed, score each once on the test set."""
     from cerberus import train as trains
 
-    raise typer.Exit(trains.command(trial, config, study, storage, epochs, budget, seeds, out, device, data, data_dir,
+    raise typer.Exit(trains.command(trial, config, study, storage, epochs, budget, seeds, first_seed, out, device, data, data_dir,
                                     precision, cuda_graph, as_json))
 
 

@@ -9,7 +9,7 @@ Contract of :func:`run`:
 * Both datasets are read once, before any training: the training set whole (train +
   validation, ``data.train_split``) and the test set (``data.test_split``), so a missing or
   corrupt test batch is reported before hours of training, not after.
-* Seed ``s`` (``s = 0 .. seeds-1``) trains ``ResNet(config.arch)`` with ``config.recipe``
+* Seed ``s`` (``s = F .. F+seeds-1``, ``F`` the first seed, 0 unless given) trains ``ResNet(config.arch)`` with ``config.recipe``
   from ``torch.manual_seed(s)``, with no evaluation during training, and is scored on the
   test set once, after its last epoch (with the recipe's flip TTA). Its weights are written
   to ``OUT/seed-<s>.pt`` (a CPU state dict) as soon as it is scored.
@@ -80,6 +80,7 @@ class Options:
     storage: str | None = None  # recorded in metrics.json with the study
     precision: str = "auto"  # cerberus.precision.PRECISIONS
     cuda_graph: bool = False  # record each seed's step as a CUDA graph (cerberus.graph)
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1: one machine each, folders merged by hand
 
 
 def from_trial(study: optuna.Study, number: int) -> Source:
@@ -166,17 +167,18 @@ def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], 
         f"into {opts.out}")
     precision = choose(opts.device, opts.precision)
     results: list[SeedResult] = []
-    for seed in range(opts.seeds):
+    for position, seed in enumerate(range(opts.first_seed, opts.first_seed + opts.seeds), 1):
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
         plan = sizes.plan(config, len(train))
-        say(f"seed {seed} ({seed + 1} of {opts.seeds}): training {plan.epochs} epoch(s), {plan.flops / 1e15:.3g} PFLOP, "
+        say(f"seed {seed} ({position} of {opts.seeds}): training {plan.epochs} epoch(s), {plan.flops / 1e15:.3g} PFLOP, "
             f"on {len(train):,} images "
-            f"({opts.device}, {precision.name}){_eta(results, opts.seeds - seed)}")
-        results.append(_one_seed(config, train, test, seed, opts, precision, _SeedWatch(seed, opts.seeds, results, say)))
+            f"({opts.device}, {precision.name}){_eta(results, opts.seeds - position + 1)}")
+        watch = _SeedWatch(seed, position, opts.seeds, results, say)
+        results.append(_one_seed(config, train, test, seed, opts, precision, watch))
         r = results[-1]
         scored = "diverged, not scored" if r.test_accuracy is None else f"test accuracy {r.test_accuracy:.4f}"
-        say(f"seed {seed} ({seed + 1} of {opts.seeds}): {scored}, {r.train_seconds:.1f} s")
+        say(f"seed {seed} ({position} of {opts.seeds}): {scored}, {r.train_seconds:.1f} s")
     metrics = _metrics(source, config, results, opts, precision, len(train), len(test))
     _write(opts.out / CONFIG, config.to_json(indent=2).encode())
     _write(opts.out / METRICS, json.dumps(metrics, indent=2).encode())
@@ -184,7 +186,7 @@ def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], 
 
 
 def command(trial: int | None, config: str | None, study: str, storage: str, epochs: int | None, budget: float | None, seeds: int,
-            out: Path | None, device: str, data: str, data_dir: Path | None, precision: str, cuda_graph: bool,
+            first_seed: int, out: Path | None, device: str, data: str, data_dir: Path | None, precision: str, cuda_graph: bool,
             as_json: bool) -> int:
     """The whole ``train`` command: check everything, retrain, record, print; its exit code
     (1 when no seed was scored). Progress goes to stderr, the result to stdout."""
@@ -197,6 +199,8 @@ def command(trial: int | None, config: str | None, study: str, storage: str, epo
     if (trial is None) == (config is None):
         raise UserError("give exactly one of --trial N (a trial of --study) or --config FILE.json")
     positive("--seeds", seeds)
+    if first_seed < 0:
+        raise UserError(f"--first-seed must be 0 or more, not {first_seed}")
     positive("--epochs", epochs)
     positive("--budget", budget)
     if epochs is not None and budget is not None:
@@ -214,12 +218,12 @@ def command(trial: int | None, config: str | None, study: str, storage: str, epo
         source = from_file(shipped.resolve(config, shipped.CONFIG, "--config"))  # type: ignore[arg-type]
     out = out or default_out(stores.artifact_dir(storage, study), source)
     check_out(out)
-    opts = Options(seeds, resolved, data, str(data_dir) if data_dir else None, out, storage, precision, cuda_graph)
+    opts = Options(seeds, resolved, data, str(data_dir) if data_dir else None, out, storage, precision, cuda_graph, first_seed)
     try:
         metrics = run(source, epochs, opts, launch.say, signals.STOP, budget)
     except KeyboardInterrupt:
         launch.say(f"interrupted ({signals.name()}): nothing recorded ({out / METRICS} not written, the study unchanged); "
-                   f"run the same command to train again from seed 0")
+                   f"run the same command to train again from seed {first_seed}")
         return signals.exit_code()
     if trial is not None:
         record(optuna.load_study(study_name=study, storage=stores.open_storage(storage)), trial, metrics)
@@ -251,20 +255,22 @@ class _SeedWatch:
     """The progress lines of one seed, read from its fit's host-side counter (no host sync):
     :meth:`epoch_end` at each epoch's end, and the ticker's line within an epoch."""
 
-    def __init__(self, seed: int, seeds: int, done: list[SeedResult], say: Callable[[str], None]) -> None:
-        self.seed, self.seeds, self.done, self._say = seed, seeds, list(done), say
+    def __init__(self, seed: int, position: int, seeds: int, done: list[SeedResult], say: Callable[[str], None]) -> None:
+        self.done, self._say = list(done), say
+        self.name = f"seed {seed} ({position} of {seeds})"
+        self.left = seeds - position  # seeds still to start after this one
         self.tally = Tally()
         self.ticker = Ticker(interval_seconds(), self._tick)
 
     def epoch_end(self) -> None:
         p = self.tally
-        self._say(f"seed {self.seed} ({self.seed + 1} of {self.seeds}) epoch {p.epoch}/{p.epochs}{self._speed(p)}")
+        self._say(f"{self.name} epoch {p.epoch}/{p.epochs}{self._speed(p)}")
         self.ticker.touch()
 
     def _tick(self) -> None:
         p = self.tally
         if p.epoch_started is not None:  # within an epoch; the epoch's end has a line of its own
-            self._say(f"seed {self.seed} ({self.seed + 1} of {self.seeds}) epoch {p.epoch}/{p.epochs} "
+            self._say(f"{self.name} epoch {p.epoch}/{p.epochs} "
                       f"step {p.step}/{p.steps_per_epoch}{self._speed(p)}")
 
     def _speed(self, p: Tally) -> str:
@@ -273,7 +279,7 @@ class _SeedWatch:
             return ""
         text = f": {rate:,.0f} img/s, seed ~{duration(left)} left"
         if self.done:  # the seeds still to start take as long as the finished ones did, on average
-            later = statistics.fmean(r.train_seconds for r in self.done) * (self.seeds - self.seed - 1)
+            later = statistics.fmean(r.train_seconds for r in self.done) * self.left
             text += f", all seeds ~{duration(left + later)} left"
         return text
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -44,9 +45,11 @@ def test_bad_bench_input_is_one_line_and_exit_2(capsys):
 
 @pytest.mark.slow
 def test_matmul_peak_is_a_positive_rate_in_the_step_dtype():
-    for dtype in (torch.float32, torch.bfloat16):
+    # bf16 on a CPU without native bf16 is emulated (under 1 GFLOP/s on the CI's AMD EPYC), so
+    # only fp32 has a floor every x86-64 CPU clears; bf16 must still be a finite positive rate
+    for dtype, floor in ((torch.float32, 1e9), (torch.bfloat16, 1e6)):
         flops, name = bench.matmul_peak(torch.device("cpu"), dtype)
-        assert flops > 1e9 and name == str(dtype).removeprefix("torch.")
+        assert floor < flops < math.inf and name == str(dtype).removeprefix("torch.")
 
 
 @pytest.mark.slow

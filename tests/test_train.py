@@ -160,6 +160,7 @@ def test_search_seed_json_is_the_course_config():
     (("--trial", "2"), "--trial 2 (FAIL) has no configuration"),
     (("--trial", "0", "--study", "nope"), "no study named 'nope'"),
     (("--trial", "0", "--seeds", "0"), "--seeds must be positive, got 0"),
+    (("--trial", "0", "--first-seed", "-1"), "--first-seed must be 0 or more, not -1"),
     (("--trial", "0", "--epochs", "0"), "--epochs must be positive, got 0"),
     (("--config", "broken.json"), "--config broken.json is not JSON (Expecting property name"),
     (("--config", "unknown.json"), "--config unknown.json: config.recipe: unknown key 'nope'; allowed:"),
@@ -254,18 +255,22 @@ def test_a_diverged_seed_is_reported_unscored_without_weights(tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_train_prints_a_line_per_epoch_of_each_seed(tmp_path, monkeypatch, capsys):
+def test_train_prints_a_line_per_epoch_of_each_seed_from_the_first_seed_given(tmp_path, monkeypatch, capsys):
     config = Config(Arch((1,), (8,)), Recipe(optimizer="nesterov", lr=0.05, epochs=2, batch_size=64))
     (tmp_path / "tiny.json").write_text(config.to_json())
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(INTERVAL_ENV, "0.3")
-    assert run_cli("train", "--config", "tiny.json", "--seeds", "2", "--data", "synthetic", "--device", "cpu") == 0
+    args = ("--seeds", "2", "--first-seed", "4", "--data", "synthetic", "--device", "cpu", "--out", "out")
+    assert run_cli("train", "--config", "tiny.json", *args) == 0
     lines = capsys.readouterr().err.splitlines()
     ends = [line for line in lines if re.match(rf"seed \d \(\d of 2\) epoch \d/2: [\d,]+ img/s, seed {LEFT}", line)]
     assert [line.split(":")[0] for line in ends] == [
-        "seed 0 (1 of 2) epoch 1/2", "seed 0 (1 of 2) epoch 2/2", "seed 1 (2 of 2) epoch 1/2", "seed 1 (2 of 2) epoch 2/2"], lines
+        "seed 4 (1 of 2) epoch 1/2", "seed 4 (1 of 2) epoch 2/2", "seed 5 (2 of 2) epoch 1/2", "seed 5 (2 of 2) epoch 2/2"], lines
     assert "all seeds" not in ends[0] and re.search(rf", all seeds {LEFT}$", ends[2]), ends  # after the first seed
-    assert any(re.match(r"seed [01] \(\d of 2\) epoch [12]/2 step \d+/78", line) for line in lines), lines
+    assert any(re.match(r"seed [45] \(\d of 2\) epoch [12]/2 step \d+/78", line) for line in lines), lines
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [s["seed"] for s in metrics["seeds"]] == [4, 5] and sorted(p.name for p in (tmp_path / "out").glob("*.pt")) == [
+        "seed-4.pt", "seed-5.pt"]
 
 
 def test_train_reads_a_trial_of_a_two_objective_study():
