@@ -15,6 +15,7 @@ import typer
 from cerberus import __version__, signals
 from cerberus.errors import Failure, UserError, world_failure
 from cerberus.storage import DEFAULT_STORAGE, DEFAULT_STUDY, check_name
+from cerberus.study import DEFAULT_PRUNER, PRUNERS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Find the best small ResNet for CIFAR-10 under a parameter budget, with Optuna.")
@@ -81,7 +82,7 @@ def run(
     cuda_graph: CudaGraph = False,
     precision: Precision = "auto",
     objectives: Annotated[Optional[str], typer.Option(help="accuracy, or a Pareto front of accuracy,params, accuracy,latency or accuracy,flops (training FLOPs; no pruning then). Default: the study's, else accuracy.", show_default=False)] = None,
-    pruner: Annotated[str, typer.Option(help="median, percentile, halving, hyperband or none: what stops trials that fall behind, compared at the same share of their training.")] = "median",
+    pruner: Annotated[str, typer.Option(help=f"{', '.join(PRUNERS)}: what stops trials that fall behind, compared at the same share of their training.")] = DEFAULT_PRUNER,
     enqueue_seed: Annotated[Optional[bool], typer.Option("--enqueue-seed/--no-enqueue-seed", help="Train the course project's configuration first (default: on for the default and cpu spaces).", show_default=False)] = None,
     enqueue: Annotated[Optional[list[Path]], typer.Option(help="JSON file of a configuration (or a list, or `best --json` rows) to train early; repeatable.")] = None,
 ) -> None:

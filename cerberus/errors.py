@@ -27,6 +27,14 @@ def positive(name: str, value: int | float | None) -> None:
         raise UserError(f"{name} must be positive, got {value}")
 
 
+def one_length(epochs: int | None, budget: float | None) -> None:
+    """Refuse ``--epochs`` and ``--budget`` (of ``run`` and ``train``) unless each is positive and at most one is given."""
+    positive("--epochs", epochs)
+    positive("--budget", budget)
+    if epochs is not None and budget is not None:
+        raise UserError("give --epochs or --budget, not both: a training's length is one or the other")
+
+
 def int_list(option: str, text: str, minimum: int = 1) -> tuple[int, ...]:
     """``3,5,3`` as (3, 5, 3); with ``minimum`` 0 (device indices) each may appear once."""
     kind = "positive integers, e.g. 3,5,3" if minimum == 1 else "integers >= 0, e.g. 0,1"

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cerberus import signals
-from cerberus.errors import UserError, int_list, positive
+from cerberus.errors import UserError, int_list, one_length, positive
+from cerberus.study import DEFAULT_PRUNER
 
 if TYPE_CHECKING:
     import optuna
@@ -34,6 +37,10 @@ MAX_HEARTBEAT = 3600  # seconds: a dead worker's trial waits three of them for i
 
 
 def say(line: str) -> None:
+    """A line on stderr: whole in a log, so that it greps; on a terminal, wrapped between words
+    (the terminal's own wrap cut "synthetic" in two at 80 columns)."""
+    if sys.stderr.isatty():
+        line = textwrap.fill(line, shutil.get_terminal_size().columns, break_long_words=False, break_on_hyphens=False)
     print(line, file=sys.stderr, flush=True)
 
 
@@ -63,7 +70,7 @@ class Asked:
     cuda_graph: bool = False
     precision: str = "auto"
     objectives: str | None = None
-    pruner: str = "median"
+    pruner: str = DEFAULT_PRUNER
     enqueue_seed: bool | None = None
     enqueue: tuple[Path, ...] = ()
 
@@ -124,15 +131,13 @@ def check_options(asked: Asked) -> None:
     from cerberus.precision import check_precision
     from cerberus.reporter import interval_seconds
 
-    for name, value in (("--trials", asked.trials), ("--max-params", asked.max_params), ("--epochs", asked.epochs),
-                        ("--budget", asked.budget), ("--timeout", asked.timeout), ("--workers", asked.workers),
-                        ("--max-failures", asked.max_failures), ("--heartbeat", asked.heartbeat)):
+    for name, value in (("--trials", asked.trials), ("--max-params", asked.max_params), ("--timeout", asked.timeout),
+                        ("--workers", asked.workers), ("--max-failures", asked.max_failures), ("--heartbeat", asked.heartbeat)):
         positive(name, value)
+    one_length(asked.epochs, asked.budget)
     if asked.heartbeat > MAX_HEARTBEAT:
         raise UserError(f"--heartbeat {asked.heartbeat} is longer than {MAX_HEARTBEAT} s; a dead worker's trial waits "
                         f"three heartbeats for its retry: give 1..{MAX_HEARTBEAT}")
-    if asked.epochs is not None and asked.budget is not None:
-        raise UserError("give --epochs or --budget, not both: a trial's length is one or the other")
     if not asked.checkpoint_every >= 0:  # `not >=` refuses nan too
         raise UserError(f"--checkpoint-every must be 0 (every epoch) or more seconds, got {asked.checkpoint_every:g}")
     if asked.seed is not None and not 0 <= asked.seed < 2**32:

@@ -160,7 +160,7 @@ def _best_table(study: optuna.Study) -> str:
     if final is not None:
         std = final["test_accuracy_std"]
         rows.append(("test accuracy (train)", f"{final['test_accuracy']:.4f}" + (f" ± {std:.4f}" if std is not None else "")
-                     + f", {final['test_seeds']} seed(s), {final['test_epochs']} epochs"))
+                     + f", {final['test_seeds']} seed(s), {final['test_epochs']} epoch{'' if final['test_epochs'] == 1 else 's'}"))
     config = Config.from_dict(a["config"])
     # One row per part, as `best` shows it (what acts and differs from its default); export has every value.
     rows += [("architecture", " \u00b7 ".join(knobs.summary(config.arch))),

@@ -33,6 +33,7 @@ from rich.console import Console
 from cerberus.errors import UserError
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TimeElapsedColumn
 from rich.progress import Progress as LiveProgress
+from rich.table import Column
 from rich.text import Text
 
 if TYPE_CHECKING:  # the reporter only reads its fields; importing torch here would cost every import
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # the reporter only reads its fields; importing torch here wo
 INTERVAL_ENV = "CERBERUS_PROGRESS_SECONDS"
 DEFAULT_INTERVAL = 30.0  # a log line at most this often while a trial trains: a heartbeat, not a flood
 LIVE_REFRESH = 4  # redraws per second of the live line; each one reads the counter, not the device
+BAR_COLUMNS = 120  # a terminal at least this wide shows the bar beside the live line's text
 
 
 def interval_seconds() -> float:
@@ -120,7 +122,8 @@ class _Line(ProgressColumn):
     """A column that asks for its text at every redraw, so the live line follows the counter."""
 
     def __init__(self, text: Callable[[], str]) -> None:
-        super().__init__()
+        # one row whatever the width: wrapped, the text ran on under the bar for three rows at 80 columns
+        super().__init__(table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1))
         self._text = text
 
     def render(self, task: Task) -> Text:
@@ -131,9 +134,9 @@ class _Live:
     """The terminal: a live line redrawn by rich's own refresh thread; events only change it."""
 
     def __init__(self, reporter: Reporter, console: Console) -> None:
-        self._bar = LiveProgress(_Line(reporter.line), BarColumn(bar_width=20), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=True,
-                                 refresh_per_second=LIVE_REFRESH)
+        bar = [BarColumn(bar_width=20)] if console.width >= BAR_COLUMNS else []  # narrower: its room goes to the text
+        self._bar = LiveProgress(_Line(reporter.line), *bar, MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=console, transient=True, refresh_per_second=LIVE_REFRESH, expand=True)
         self._task = self._bar.add_task("", total=reporter.target, completed=reporter.done)
 
     def start(self) -> None:

@@ -68,6 +68,7 @@ from cerberus.space import Space, set_length
 from cerberus.fit import Epoch, Fit, Result, Tally
 from cerberus.liveness import NoPulse, Orphans, Pulse, fail_dead_here, queue_again, sweep_checkpoints
 from cerberus.storage import MAX_RETRY
+from cerberus.study import DEFAULT_PRUNER
 from cerberus.trials import (Reason, Snapshot, best_seen, best_trial, count_trained, is_trained, last_accuracy,
                              rejected)
 
@@ -108,7 +109,7 @@ class RunOptions:
     checkpoint_every: float = 60.0  # seconds between a trial's checkpoints at the least (0: every epoch)
     gpu: int | None = None  # the physical GPU (as --gpus and nvidia-smi number it), recorded with each trial
     cuda_graph: bool = False  # record each trial's step as a CUDA graph (cerberus.graph); eager where it cannot be
-    pruner: str = "median"  # cerberus.study.PRUNERS
+    pruner: str = DEFAULT_PRUNER  # one of cerberus.study.PRUNERS
 
     def __post_init__(self) -> None:  # a torch.device or a Path is accepted, a string is kept
         object.__setattr__(self, "device", str(self.device))

@@ -45,8 +45,9 @@ DEFAULT_PRUNER = "median"
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
     """The pruner ``run --pruner`` names. A trial reports its validation accuracy at the percent
     of its steps done (:meth:`cerberus.search.Search.fit`), so every resource below is a share
-    of a trial's training, whatever its length. The default was chosen by replaying real
-    learning curves (benchmarks/pruners.py, figures in benchmarks/RESULTS.md)."""
+    of a trial's training, whatever its length. The default (:data:`DEFAULT_PRUNER`) was chosen on
+    a simulator of invented curves (benchmarks/RESULTS.md, "Sampler and pruner"); replaying real
+    curves recorded by benchmarks/curves.py is to confirm or replace it, and has not run yet."""
     import optuna
 
     p = optuna.pruners
@@ -161,7 +162,7 @@ def _setting(value: int | float | None) -> str | None:
 def _length(epochs: int | None, budget: float | None) -> str:
     """How long a trial trains, in words."""
     if epochs is not None:
-        return f"{epochs} epochs"
+        return f"{epochs} epoch{'' if epochs == 1 else 's'}"
     return "the space's length" if budget is None else f"{budget:g} PFLOP a trial"
 
 

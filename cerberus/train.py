@@ -46,7 +46,7 @@ import torch
 from cerberus import data as datasets
 from cerberus import outfile
 from cerberus.config import Config, read_configs
-from cerberus.errors import UserError, positive
+from cerberus.errors import UserError, one_length, positive
 from cerberus import size as sizes
 from cerberus.precision import Precision, choose
 from cerberus.reporter import Ticker, duration, interval_seconds
@@ -201,10 +201,7 @@ def command(trial: int | None, config: str | None, study: str, storage: str, epo
     positive("--seeds", seeds)
     if first_seed < 0:
         raise UserError(f"--first-seed must be 0 or more, not {first_seed}")
-    positive("--epochs", epochs)
-    positive("--budget", budget)
-    if epochs is not None and budget is not None:
-        raise UserError("give --epochs or --budget, not both: a model's length is one or the other")
+    one_length(epochs, budget)
     if data not in datasets.DATASETS:
         raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
     check_precision(precision)

@@ -18,7 +18,7 @@ from rich.console import Console
 from cerberus import search as searches
 from cerberus import space as spaces
 from cerberus import study as studies
-from cerberus.reporter import INTERVAL_ENV, Reporter
+from cerberus.reporter import BAR_COLUMNS, INTERVAL_ENV, Reporter
 
 SMOKE = ("--space", "search/smoke.toml", "--data", "synthetic", "--device", "cpu")
 
@@ -90,6 +90,21 @@ def test_a_log_gets_a_line_per_epoch_and_one_per_interval_within_a_trial(workdir
     within = [line for line in lines if re.match(rf"trial 0 epoch [12]/2 step \d+/70 .*\| [\d,]+ img/s, trial {LEFT}", line)]
     assert within, r.stderr
     assert "trial 0 complete:" in r.stderr and "\x1b" not in r.stderr and "\r" not in r.stderr  # plain text
+
+
+@pytest.mark.parametrize("width", [80, 220])
+def test_the_live_line_is_one_row_at_any_width(width):
+    """At 80 columns the live line used to wrap around the bar onto four rows; it is one row, cut
+    with an ellipsis, the bar dropped below BAR_COLUMNS so the text keeps its room."""
+    terminal = Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None)
+    reporter = Reporter(10, 3, console=terminal)
+    reporter.rejected_arch(7, 6_000_000, 5_000_000)
+    reporter.study_best((0.8123, 2))
+    frame = io.StringIO()
+    Console(file=frame, width=width, color_system=None).print(reporter._view._bar.get_renderable())
+    (row,) = frame.getvalue().splitlines()
+    assert len(row) <= width and row.startswith("trial 7 rejected: 6,000,000 params") and row.rstrip().endswith("3/10 0:00:00")
+    assert ("━" in row) == (width >= BAR_COLUMNS) and (row.count("…") == 1) == (width < 120)
 
 
 def test_best_is_the_studys_from_the_start_and_counts_other_workers_trials(tmp_path):

@@ -162,6 +162,7 @@ def test_search_seed_json_is_the_course_config():
     (("--trial", "0", "--seeds", "0"), "--seeds must be positive, got 0"),
     (("--trial", "0", "--first-seed", "-1"), "--first-seed must be 0 or more, not -1"),
     (("--trial", "0", "--epochs", "0"), "--epochs must be positive, got 0"),
+    (("--trial", "0", "--epochs", "2", "--budget", "0.1"), "give --epochs or --budget, not both"),
     (("--config", "broken.json"), "--config broken.json is not JSON (Expecting property name"),
     (("--config", "unknown.json"), "--config unknown.json: config.recipe: unknown key 'nope'; allowed:"),
     (("--config", "missing.json"), "--config 'missing.json': no such file, and not a shipped name; shipped: fast, seed, seed-cpu"),
