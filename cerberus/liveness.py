@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cerberus import checkpoint as checkpoints
 from cerberus.storage import MAX_RETRY
-from cerberus.trials import RESUMABLE, Reason, Snapshot, end_reason, rejected
+from cerberus.trials import RESUMABLE, Reason, Snapshot, deaths, end_reason, rejected
 
 
 class Orphans:
@@ -62,14 +62,14 @@ class Orphans:
         now = datetime.now()  # Optuna's timestamps are naive local time
         dead = [t for t in trials if t.state == TrialState.FAIL
                 and end_reason(t) in RESUMABLE and t.number not in self.retried
-                and len(t.system_attrs.get("retry_history", [])) < MAX_RETRY
+                and deaths(t, trials) < MAX_RETRY
                 and t.datetime_complete is not None and (now - t.datetime_complete).total_seconds() > self.grace]
         if not dead:  # the usual case
             return
         self.retried |= {n for t in trials for n in t.system_attrs.get("retry_history", [])}
         for t in dead:
             if t.number not in self.retried:
-                retry(self.study, t)
+                retry(self.study, t, trials)
                 self.retried.add(t.number)
         self.snapshot.changed()
 
@@ -165,14 +165,18 @@ def _gone(worker: str, host: str) -> bool:
     return False
 
 
-def retry(study: optuna.Study, trial: FrozenTrial, max_retry: int | None = MAX_RETRY) -> None:
+def retry(study: optuna.Study, trial: FrozenTrial, trials: list[FrozenTrial] | None = None,
+          max_retry: int | None = MAX_RETRY) -> None:
     """Queue ``trial`` again (Optuna's retry callback: the same parameters, its retry history and
-    origin), unless it has been retried ``max_retry`` times already; None: always."""
+    origin), unless :func:`cerberus.trials.deaths` of ``trials`` (default: the study's) reach
+    ``max_retry``; None: always. Also the storage's heartbeat callback (cerberus.storage)."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+    if max_retry is not None and deaths(trial, study.get_trials(deepcopy=False) if trials is None else trials) >= max_retry:
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, copy.deepcopy(trial))
+        RetryHeartbeatStaleTrialCallback(max_retry=None)(study, copy.deepcopy(trial))
 
 
 def queue_again(study: optuna.Study, number: int | None) -> None:
@@ -192,21 +196,22 @@ def sweep_checkpoints(study: optuna.Study, artifacts: Path | None, grace: float 
 
     A family keeps its checkpoint while one of its trials is RUNNING or WAITING, and while its
     last trial is a failure that may still be retried (killed or interrupted, fewer than
-    ``max_retry`` retries, none queued yet): a dead worker's trial whose retry another worker
+    ``max_retry`` deaths before it, none queued yet): a dead worker's trial whose retry another worker
     has yet to queue (:class:`cerberus.search.Orphans`) resumes from it."""
     folder = None if artifacts is None else Path(artifacts) / checkpoints.FOLDER
     if folder is None or not folder.is_dir():
         return
     keep: set[int] = set()
     latest: dict[int, Any] = {}
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
         origin = t.user_attrs.get("origin", t.number)
         if t.state in (TrialState.RUNNING, TrialState.WAITING):
             keep.add(origin)
         if origin not in latest or t.number > latest[origin].number:
             latest[origin] = t
     for origin, t in latest.items():
-        if t.state == TrialState.FAIL and end_reason(t) in RESUMABLE and len(t.system_attrs.get("retry_history", [])) < max_retry:
+        if t.state == TrialState.FAIL and end_reason(t) in RESUMABLE and deaths(t, trials) < max_retry:
             keep.add(origin)
     for path in folder.glob("trial-*.pt"):
         if _origin(path) not in keep:

@@ -20,8 +20,9 @@ empty name, one too long for a folder, and any that holds a path separator or ``
 
 A storage opened for a search has heartbeats: a running trial writes one every
 ``heartbeat`` seconds, and one silent for ``3 * heartbeat`` is failed by the next worker that
-starts a trial and queued again (Optuna's ``RetryHeartbeatStaleTrialCallback``), with the
-original's config, so a killed worker loses nothing but the epochs since its last checkpoint.
+starts a trial and queued again (Optuna's ``RetryHeartbeatStaleTrialCallback``, through
+:func:`cerberus.liveness.retry`), with the original's config, so a killed worker loses nothing
+but the epochs since its last checkpoint; a trial whose workers died ``MAX_RETRY`` times is not.
 
 SQLite files are switched to WAL, so a dashboard reading the file never blocks a worker, and
 writers wait up to ``BUSY_TIMEOUT`` for the lock. pysqlite's own transaction handling stays:
@@ -178,14 +179,17 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def _retry_dead(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    from cerberus.liveness import retry  # liveness reads MAX_RETRY from here
+
+    retry(study, trial)
+
+
 def open_storage(url: str, create: bool = True, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
     """An RDBStorage for a search to write to; the SQLite file (and its folder) may be made, but
     an existing file must be empty or an Optuna database. ``heartbeat`` (seconds) turns on
     heartbeats and the retry of trials whose worker died. A proxy URL gives the proxy's client,
     which keeps no heartbeats (see the module docstring)."""
-    import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
     if is_proxy(url):
         return open_proxy(url)
     path = sqlite_path(url)
@@ -201,11 +205,8 @@ def open_storage(url: str, create: bool = True, heartbeat: int | None = None) ->
             raise UserError(f"cannot write to {path.parent}, the folder of {url}; choose another --storage")
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": BUSY_TIMEOUT}}
     if heartbeat is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
         kwargs.update(heartbeat_interval=heartbeat, grace_period=grace_period(heartbeat),
-                      heartbeat_stale_trial_callback=retry)
+                      heartbeat_stale_trial_callback=_retry_dead)
     new = path is not None and not path.exists()
     try:
         storage = _rdb(url, kwargs)

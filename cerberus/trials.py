@@ -45,6 +45,15 @@ def end_reason(trial: FrozenTrial) -> str | None:
     return trial.user_attrs.get("reason")
 
 
+def deaths(trial: FrozenTrial, trials: list[FrozenTrial]) -> int:
+    """How many earlier attempts of ``trial`` (its retry history, looked up in ``trials``) ended
+    with their worker dead. The retry limit counts these alone: a person's Ctrl-C or SIGTERM
+    says nothing against a trial, and Optuna's own count (the history's length) includes them."""
+    by_number = {t.number: t for t in trials}
+    return sum(1 for n in trial.system_attrs.get("retry_history", [])
+               if n in by_number and end_reason(by_number[n]) == Reason.WORKER_DIED)
+
+
 def rejected(trial: FrozenTrial) -> bool:
     """Ended before training: over budget or over memory."""
     return trial.user_attrs.get("reason") in REJECTED

@@ -108,7 +108,7 @@ def test_sigkill_at_random_points_loses_nothing(workdir):
         assert records.end_reason(t) == "worker_died"
         # Optuna's retry callback records the chain of earlier attempts in each retry.
         retried = [u for u in trials if t.number in u.system_attrs.get("retry_history", [])]
-        last_allowed = len(t.system_attrs.get("retry_history", [])) >= stores.MAX_RETRY
+        last_allowed = records.deaths(t, trials) >= stores.MAX_RETRY
         assert retried or last_allowed, f"trial {t.number} died and was never retried"
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers))
@@ -220,3 +220,38 @@ def test_a_trial_stopped_by_a_person_is_queued_again_however_often_it_was_retrie
     liveness.queue_again(study, trial.number)
     (queued,) = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     assert queued.params == study.trials[0].params and queued.system_attrs["retry_history"][-1] == trial.number
+
+
+def test_the_retry_limit_counts_dead_workers_not_stops_by_a_person(tmp_path):
+    """Through the storage's own heartbeat (Optuna's fail_stale_trials): a trial stopped three
+    times by a person, then killed, is queued again, since only deaths count against the limit
+    (before, Optuna's count of its history spent the limit on the stops); a trial whose workers
+    died MAX_RETRY times is not."""
+    storage = stores.open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=1)
+    study = optuna.create_study(storage=storage)
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
+
+    def attempt(history, reason=None, running=False):
+        trial = study.ask(x)
+        if history:
+            storage.set_trial_system_attr(trial._trial_id, "retry_history", history)
+        if running:
+            storage.record_heartbeat(trial._trial_id)
+            return trial.number
+        if reason:
+            trial.set_user_attr("reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        return trial.number
+
+    stopped = [attempt([], records.Reason.INTERRUPTED)]
+    for _ in range(2):
+        stopped.append(attempt(list(stopped), records.Reason.INTERRUPTED))
+    killed_after_stops = attempt(list(stopped), running=True)
+    died = [attempt([])]
+    for _ in range(stores.MAX_RETRY - 1):
+        died.append(attempt(list(died)))
+    killed_once_too_often = attempt(list(died), running=True)
+    time.sleep(stores.grace_period(1) + 1.2)  # SQLite's clock counts whole seconds
+    optuna.storages.fail_stale_trials(study)
+    queued = [t.system_attrs["retry_history"] for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    assert queued == [[*stopped, killed_after_stops]], (queued, killed_once_too_often)
