@@ -242,7 +242,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Epochs per seed, overriding the configuration's length.")] = None,
     budget: Annotated[Optional[float], typer.Option(help="Training PFLOP per seed, overriding the configuration's length.")] = None,
     seeds: Annotated[int, typer.Option(help="Train seeds F..F+S-1 (F is --first-seed), each scored once on the test set.")] = 3,
-    first_seed: Annotated[int, typer.Option(help="The first seed F, so that several machines can each train other seeds.")] = 0,
+    first_seed: Annotated[int, typer.Option(help="The first seed F, so that several machines can each train other seeds, each into its own --out.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Folder for weights, config.json, metrics.json; default <study folder>/final/trial-N (or /<config file stem>).")] = None,
     device: Device = "auto",
     data: Annotated[str, typer.Option(help="cifar10 (downloaded on first use) or synthetic.")] = "cifar10",
