@@ -199,8 +199,8 @@ def command(trial: int | None, config: str | None, study: str, storage: str, epo
     if (trial is None) == (config is None):
         raise UserError("give exactly one of --trial N (a trial of --study) or --config FILE.json")
     positive("--seeds", seeds)
-    if first_seed < 0:
-        raise UserError(f"--first-seed must be 0 or more, not {first_seed}")
+    if not 0 <= first_seed <= 2**32 - seeds:
+        raise UserError(f"--first-seed {first_seed} with --seeds {seeds}: the seeds must lie in 0..{2**32 - 1}")
     one_length(epochs, budget)
     if data not in datasets.DATASETS:
         raise UserError(f"--data {data!r} is not a dataset; allowed: {', '.join(datasets.DATASETS)}")
