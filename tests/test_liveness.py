@@ -222,6 +222,7 @@ def test_a_trial_stopped_by_a_person_is_queued_again_however_often_it_was_retrie
     assert queued.params == study.trials[0].params and queued.system_attrs["retry_history"][-1] == trial.number
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_the_retry_limit_counts_dead_workers_not_stops_by_a_person(tmp_path):
     """Through the storage's own heartbeat (Optuna's fail_stale_trials): a trial stopped three
     times by a person, then killed, is queued again, since only deaths count against the limit
