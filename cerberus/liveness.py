@@ -62,14 +62,14 @@ class Orphans:
         now = datetime.now()  # Optuna's timestamps are naive local time
         dead = [t for t in trials if t.state == TrialState.FAIL
                 and end_reason(t) in RESUMABLE and t.number not in self.retried
-                and deaths(t, trials) < MAX_RETRY
-                and t.datetime_complete is not None and (now - t.datetime_complete).total_seconds() > self.grace]
+                and t.datetime_complete is not None and (now - t.datetime_complete).total_seconds() > self.grace
+                and deaths(t, trials) < MAX_RETRY]
         if not dead:  # the usual case
             return
         self.retried |= {n for t in trials for n in t.system_attrs.get("retry_history", [])}
         for t in dead:
             if t.number not in self.retried:
-                retry(self.study, t, trials)
+                retry(self.study, t, max_retry=None)  # its deaths were counted above
                 self.retried.add(t.number)
         self.snapshot.changed()
 
@@ -165,14 +165,13 @@ def _gone(worker: str, host: str) -> bool:
     return False
 
 
-def retry(study: optuna.Study, trial: FrozenTrial, trials: list[FrozenTrial] | None = None,
-          max_retry: int | None = MAX_RETRY) -> None:
+def retry(study: optuna.Study, trial: FrozenTrial, max_retry: int | None = MAX_RETRY) -> None:
     """Queue ``trial`` again (Optuna's retry callback: the same parameters, its retry history and
-    origin), unless :func:`cerberus.trials.deaths` of ``trials`` (default: the study's) reach
-    ``max_retry``; None: always. Also the storage's heartbeat callback (cerberus.storage)."""
+    origin), unless its :func:`cerberus.trials.deaths` reach ``max_retry``; None: always. Also
+    the storage's heartbeat callback (cerberus.storage)."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    if max_retry is not None and deaths(trial, study.get_trials(deepcopy=False) if trials is None else trials) >= max_retry:
+    if max_retry is not None and deaths(trial, study.get_trials(deepcopy=False)) >= max_retry:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

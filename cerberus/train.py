@@ -9,10 +9,11 @@ Contract of :func:`run`:
 * Both datasets are read once, before any training: the training set whole (train +
   validation, ``data.train_split``) and the test set (``data.test_split``), so a missing or
   corrupt test batch is reported before hours of training, not after.
-* Seed ``s`` (``s = F .. F+seeds-1``, ``F`` the first seed, 0 unless given) trains ``ResNet(config.arch)`` with ``config.recipe``
-  from ``torch.manual_seed(s)``, with no evaluation during training, and is scored on the
-  test set once, after its last epoch (with the recipe's flip TTA). Its weights are written
-  to ``OUT/seed-<s>.pt`` (a CPU state dict) as soon as it is scored.
+* Seed ``s`` (``s = F .. F+seeds-1``, ``F`` the first seed, 0 unless given) trains
+  ``ResNet(config.arch)`` with ``config.recipe`` from ``torch.manual_seed(s)``, with no
+  evaluation during training, and is scored on the test set once, after its last epoch (with
+  the recipe's test-time views). Its weights are written to ``OUT/seed-<s>.pt`` (a CPU state
+  dict) as soon as it is scored.
 * After the last seed, ``OUT/config.json`` (the configuration trained, ``--epochs`` applied)
   and then ``OUT/metrics.json`` are written, each atomically: a run stopped midway leaves no
   ``metrics.json``, so a folder that holds one holds a finished result, and ``train`` refuses

@@ -87,7 +87,8 @@ def spawn(jobs: list[Job]) -> int:
     the workers."""
     from cerberus import signals
 
-    procs = [subprocess.Popen([sys.executable, "-m", "cerberus", "worker"], env=environment(job, jobs, dict(os.environ), cores()))
+    share = cores()
+    procs = [subprocess.Popen([sys.executable, "-m", "cerberus", "worker"], env=environment(job, jobs, dict(os.environ), share))
              for job in jobs]
     try:
         codes = [p.wait() for p in procs]
