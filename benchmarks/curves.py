@@ -57,7 +57,7 @@ def main() -> None:
         trial = study.ask()
         config = spaces.set_length(space.sample(trial), budget=a.budget)
         study.tell(trial, 0.0)
-        if any(c["config"] == config.to_dict() for c in table["curves"]):
+        if any(c["config"] == json.loads(config.to_json()) for c in table["curves"]):  # as stored: lists, not tuples
             continue
         started = time.perf_counter()
         with Fit(config, train, val, cpu, seed=i, probe=PROBE_IMAGES) as fit:

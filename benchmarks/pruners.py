@@ -4,17 +4,20 @@ search compute, and is judged by the test accuracy of the configuration it picks
 The curves are ``benchmarks/curves.json`` (``benchmarks/curves.py``: configurations of
 ``search/cpu.toml`` trained unpruned on this CPU, the CIFAR-10 JPEG copy, each with its probe
 accuracy after every epoch but the last, its final validation accuracy and its test accuracy).
-A replayed study samples ``search/cpu.toml`` with the pair's sampler; each trial takes the
+A replayed study samples ``search/cpu.toml`` with the pair's sampler (``tpe`` is the search's
+own, :func:`cerberus.study.make_sampler`), its first trial the table's first curve (the shipped
+fast configuration, as ``run --enqueue-seed`` queues it); each trial takes the
 recorded curve of the configuration nearest to what it sampled (every parameter scaled to its
 range, logarithmically where the space is), reports it as the search does (at the percent of
 its steps done) and lets the pair's pruner cut it. A study stops once it has spent
 ``--compute`` trials' worth of training (a cut trial costs the share it trained). Its pick is
 its best completed trial by validation accuracy, and the pick's score is that configuration's
 recorded test accuracy: what retraining it gives, not its lucky validation value. Printed per
-pair, over ``--repeats`` seeds: the mean test accuracy of the pick, how many trials the
+pair, over ``--repeats`` seeds: the mean test accuracy of the pick, its gain over the same
+sampler without a pruner (paired by seed, with its standard error), how many trials the
 compute bought, and how often the pick was the table's best.
 
-    python benchmarks/pruners.py [--curves benchmarks/curves.json] [--compute 8] [--repeats 50]
+    python benchmarks/pruners.py [--curves benchmarks/curves.json] [--compute 16] [--repeats 200] [--json]
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ from typing import Any
 import optuna
 
 from cerberus import space as spaces
-from cerberus.study import make_pruner
+from cerberus.study import make_pruner, make_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=4),
+    "tpe": make_sampler,  # the search's own
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
 }
 PAIRS = [(s, p) for s in ("tpe", "random") for p in ("none", "median", "percentile", "halving", "hyperband")]
@@ -66,6 +69,7 @@ def replay(curves: list[dict[str, Any]], space: spaces.Space, sampler: str, prun
            seed: int) -> tuple[float, int]:
     """One study: (the pick's test accuracy, the trials it trained)."""
     study = optuna.create_study(direction="maximize", sampler=SAMPLERS[sampler](seed), pruner=make_pruner(pruner))
+    study.enqueue_trial(curves[0]["params"])  # the shipped fast configuration, as run --enqueue-seed queues it
     spent = 0.0
     while spent < compute:
         trial = study.ask()
@@ -73,9 +77,9 @@ def replay(curves: list[dict[str, Any]], space: spaces.Space, sampler: str, prun
         curve = min(curves, key=lambda c: distance(space, trial.params, c["params"]))
         trial.set_user_attr("curve", curves.index(curve))
         pruned = False
-        for percent, accuracy in curve["points"][:-1]:
+        for percent, accuracy in curve["points"]:  # the last at 100%: reported, never pruned, as the search does
             trial.report(accuracy, percent)
-            if trial.should_prune():
+            if percent < 100 and trial.should_prune():
                 spent += percent / 100
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 pruned = True
@@ -90,16 +94,19 @@ def replay(curves: list[dict[str, Any]], space: spaces.Space, sampler: str, prun
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--curves", type=Path, default=ROOT / "benchmarks" / "curves.json")
-    p.add_argument("--compute", type=float, default=8.0, help="trials' worth of training a study may spend")
-    p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--compute", type=float, default=16.0,
+                   help="trials' worth of training a study may spend (default: run --space cpu --trials 16)")
+    p.add_argument("--repeats", type=int, default=200)
+    p.add_argument("--json", action="store_true", help="print one JSON object (with every study's pick)")
     a = p.parse_args()
-    print(json.dumps(compare(a.curves, a.compute, a.repeats)) if a.json else table(compare(a.curves, a.compute, a.repeats)))
+    result = compare(a.curves, a.compute, a.repeats)
+    print(json.dumps(result) if a.json else table(result))
 
 
 def compare(curves_path: Path, compute: float, repeats: int) -> dict[str, Any]:
-    """Every pair of :data:`PAIRS`, replayed ``repeats`` times: mean test accuracy of the pick,
-    mean trials trained, and the share of studies whose pick was the table's best."""
+    """Every pair of :data:`PAIRS`, replayed ``repeats`` times: each study's pick (its test
+    accuracy), their mean, the mean trials trained, the share of studies whose pick was the
+    table's best, and the pick's gain over the same sampler without pruning (:func:`gain`)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     curves = json.loads(curves_path.read_text())["curves"]
@@ -111,16 +118,27 @@ def compare(curves_path: Path, compute: float, repeats: int) -> dict[str, Any]:
         tests = [t for t, _ in runs]
         out["pairs"][f"{sampler}+{pruner}"] = {
             "test": statistics.fmean(tests), "test_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
-            "trials": statistics.fmean(n for _, n in runs), "found_best": sum(t == top for t in tests) / len(tests)}
+            "trials": statistics.fmean(n for _, n in runs), "found_best": sum(t == top for t in tests) / len(tests),
+            "picks": tests}
+    for name, r in out["pairs"].items():
+        r["gain"], r["gain_stderr"] = gain(r["picks"], out["pairs"][name.split("+")[0] + "+none"]["picks"])
     return out
+
+
+def gain(picks: list[float], baseline: list[float]) -> tuple[float, float]:
+    """The mean of the paired differences of two pairs' picks (studies of the same seed: the same
+    start-up trials), and its standard error."""
+    d = [a - b for a, b in zip(picks, baseline, strict=True)]
+    return statistics.fmean(d), statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0
 
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"{result['curves']} recorded curves, {result['compute']:g} trials' worth of compute, {result['repeats']} "
              f"studies a pair; the table's best test accuracy {result['table_best_test']:.4f}",
-             f"{'pair':<22}{'pick test':>10}{'± std':>8}{'trials':>8}{'found best':>12}"]
+             f"{'pair':<22}{'pick test':>10}{'± std':>8}{'vs no pruner (paired)':>24}{'trials':>8}{'found best':>12}"]
     for name, r in sorted(result["pairs"].items(), key=lambda kv: -kv[1]["test"]):
-        lines.append(f"{name:<22}{r['test']:>10.4f}{r['test_std']:>8.4f}{r['trials']:>8.1f}{r['found_best']:>12.0%}")
+        vs = f"{r['gain']:+.4f} ± {r['gain_stderr']:.4f}"
+        lines.append(f"{name:<22}{r['test']:>10.4f}{r['test_std']:>8.4f}{vs:>24}{r['trials']:>8.1f}{r['found_best']:>12.0%}")
     return "\n".join(lines)
 
 

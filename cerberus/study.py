@@ -40,25 +40,29 @@ DEFINITION_ATTR = "definition"
 
 PRUNERS = ("median", "percentile", "halving", "hyperband", "none")
 DEFAULT_PRUNER = "median"
+STARTUP_TRIALS = 10  # random trials before TPE models the space
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
     """The pruner ``run --pruner`` names. A trial reports its validation accuracy at the percent
     of its steps done (:meth:`cerberus.search.Search.fit`), so every resource below is a share
-    of a trial's training, whatever its length. The default (:data:`DEFAULT_PRUNER`) was chosen on
-    a simulator of invented curves (benchmarks/RESULTS.md, "Sampler and pruner"); replaying real
-    curves recorded by benchmarks/curves.py is to confirm or replace it, and has not run yet."""
+    of a trial's training, whatever its length; ``median`` and ``percentile`` read the completed
+    trials at the very share a trial reached (:class:`cerberus.pruning.SameShare`), since budgeted
+    trials end their epochs at different shares. The default (:data:`DEFAULT_PRUNER`) is chosen by
+    replaying curves recorded on the CPU (``benchmarks/pruners.py``; benchmarks/RESULTS.md,
+    "Sampler and pruner")."""
     import optuna
+
+    from cerberus.pruning import SameShare
 
     p = optuna.pruners
     return {
-        "median": lambda: p.MedianPruner(n_startup_trials=5, n_warmup_steps=30),
-        "percentile": lambda: p.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=30),
+        "median": lambda: SameShare(50.0, n_startup_trials=5, n_warmup_steps=30),
+        "percentile": lambda: SameShare(25.0, n_startup_trials=5, n_warmup_steps=30),
         "halving": lambda: p.SuccessiveHalvingPruner(min_resource=25, reduction_factor=2),
         "hyperband": lambda: p.HyperbandPruner(min_resource=25, max_resource=100, reduction_factor=2),
         "none": lambda: p.NopPruner(),
     }[name]()
-
 
 
 @dataclass(frozen=True)
@@ -206,14 +210,19 @@ def create_study(name: str, storage: optuna.storages.BaseStorage, seed: int | No
     if definition is not None and DEFINITION_ATTR not in study.user_attrs:
         study.set_user_attr(DEFINITION_ATTR, definition.to_dict())
     offset = len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(None if seed is None else seed + offset + 7919 * worker)
+    study.pruner = make_pruner(pruner)
+    return study
+
+
+def make_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
+    """The search's sampler: multivariate TPE after :data:`STARTUP_TRIALS` random trials."""
+    import optuna
+
     with warnings.catch_warnings():
         # group=True is what keeps TPE multivariate across stage counts; it is marked experimental.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.sampler = optuna.samplers.TPESampler(
-            seed=None if seed is None else seed + offset + 7919 * worker, multivariate=True, group=True, n_startup_trials=10
-        )
-    study.pruner = make_pruner(pruner)
-    return study
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=STARTUP_TRIALS)
 
 
 CREATION_WAIT = 10.0  # seconds a run waits for the process that created a study to store its definition
