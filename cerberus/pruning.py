@@ -18,7 +18,6 @@ trial whose first report comes after the step says nothing there and is left out
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -60,12 +59,6 @@ def at_step(reports: dict[int, float], step: int) -> float | None:
     """The value of a trial's reports at ``step``, linear between the two reports around it; None
     when the step comes before its first report or after its last."""
     steps = sorted(reports)
-    i = bisect_left(steps, step)
-    if i == len(steps):
+    if not steps or not steps[0] <= step <= steps[-1]:
         return None
-    if steps[i] == step:
-        return reports[step]
-    if i == 0:
-        return None
-    lo, hi = steps[i - 1], steps[i]
-    return reports[lo] + (reports[hi] - reports[lo]) * (step - lo) / (hi - lo)
+    return float(np.interp(step, steps, [reports[s] for s in steps]))
