@@ -155,6 +155,8 @@ def main() -> None:
         if group == "ablation":
             for name, tta in TTA_ABLATIONS.items():
                 base = f"fast-{a.ablation_budget}"
+                if a.only and a.only not in f"{name}-{a.ablation_budget}":
+                    continue
                 summary[group][f"{name}-{a.ablation_budget}"] = r = rescore(name, base, tta, out, a.data_dir)
                 print(f"{name}: test {r['test_accuracy']:.4f} (the models of {base}, rescored)", flush=True)
                 summary_path.write_text(json.dumps(summary, indent=2) + "\n")
