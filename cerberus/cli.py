@@ -36,6 +36,7 @@ Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda o
 DataDir = Annotated[Optional[Path], typer.Option(help="Where CIFAR-10 is (or is downloaded to); default ~/.cache/cerberus/data.")]
 Precision = Annotated[str, typer.Option(help="auto (bf16 on CUDA and on a CPU with native bf16, fp32 elsewhere), bf16 or fp32.")]
 CudaGraph = Annotated[bool, typer.Option("--cuda-graph", help="Record the training step as a CUDA graph after 3 eager steps and replay it (CUDA only; eager, with a note, where it cannot be recorded).")]
+Compile = Annotated[bool, typer.Option("--compile", help="Run the training forward through torch.compile (pays off only for long runs: the first step holds the compilation).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table or a line.")]
 ConfigFile = Annotated[Optional[str], typer.Option("--config", help="A configuration: a shipped one by name (seed, seed-cpu, ...), a Config JSON file or a `best --json` row.")]
 Blocks = Annotated[str, typer.Option(help="BasicBlocks per stage, e.g. 3,5,3.")]
@@ -78,7 +79,7 @@ def run(
     max_failures: Annotated[int, typer.Option(help="Stop after this many failed trials in a row.")] = 5,
     heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats; silent for 3x that, it is retried.")] = 10,
     checkpoint_every: Annotated[float, typer.Option(help="Seconds between a running trial's checkpoints, at epoch ends (0: every epoch); a killed trial resumes from there.")] = 60.0,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile each trial's training forward (pays off only for long trials).")] = False,
+    compile: Compile = False,
     cuda_graph: CudaGraph = False,
     precision: Precision = "auto",
     objectives: Annotated[Optional[str], typer.Option(help="accuracy, or a Pareto front of accuracy,params, accuracy,latency or accuracy,flops (training FLOPs; no pruning then). Default: the study's, else accuracy.", show_default=False)] = None,
@@ -215,7 +216,7 @@ def bench(
     data_dir: DataDir = None,
     plain: Annotated[bool, typer.Option("--plain", help="Also time a plain fp32 NCHW PyTorch loop (one batch, no augmentation) and print the ratio.")] = False,
     baseline: Annotated[bool, typer.Option("--baseline", help="Also time the course project's loop (per-image transforms, DataLoader) and print the ratio.")] = False,
-    compile: Annotated[bool, typer.Option("--compile", help="Run the training forward through torch.compile.")] = False,
+    compile: Compile = False,
     cuda_graph: CudaGraph = False,
     precision: Precision = "auto",
     as_json: AsJson = False,
@@ -248,6 +249,7 @@ def train(
     data: Annotated[str, typer.Option(help="cifar10 (downloaded on first use) or synthetic.")] = "cifar10",
     data_dir: DataDir = None,
     precision: Precision = "auto",
+    compile: Compile = False,
     cuda_graph: CudaGraph = False,
     as_json: AsJson = False,
 ) -> None:
@@ -255,7 +257,7 @@ def train(
     from cerberus import train as trains
 
     raise typer.Exit(trains.command(trial, config, study, storage, epochs, budget, seeds, first_seed, out, device, data, data_dir,
-                                    precision, cuda_graph, as_json))
+                                    precision, compile, cuda_graph, as_json))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -82,6 +82,7 @@ class Options:
     precision: str = "auto"  # cerberus.precision.PRECISIONS
     cuda_graph: bool = False  # record each seed's step as a CUDA graph (cerberus.graph)
     first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1: one machine each, folders merged by hand
+    compile: bool = False  # the training forward through torch.compile (its first step holds the compilation)
 
 
 def from_trial(study: optuna.Study, number: int) -> Source:
@@ -187,8 +188,8 @@ def run(source: Source, epochs: int | None, opts: Options, say: Callable[[str], 
 
 
 def command(trial: int | None, config: str | None, study: str, storage: str, epochs: int | None, budget: float | None, seeds: int,
-            first_seed: int, out: Path | None, device: str, data: str, data_dir: Path | None, precision: str, cuda_graph: bool,
-            as_json: bool) -> int:
+            first_seed: int, out: Path | None, device: str, data: str, data_dir: Path | None, precision: str, compile: bool,
+            cuda_graph: bool, as_json: bool) -> int:
     """The whole ``train`` command: check everything, retrain, record, print; its exit code
     (1 when no seed was scored). Progress goes to stderr, the result to stdout."""
     from cerberus import launch, shipped
@@ -216,7 +217,7 @@ def command(trial: int | None, config: str | None, study: str, storage: str, epo
         source = from_file(shipped.resolve(config, shipped.CONFIG, "--config"))  # type: ignore[arg-type]
     out = out or default_out(stores.artifact_dir(storage, study), source)
     check_out(out)
-    opts = Options(seeds, resolved, data, str(data_dir) if data_dir else None, out, storage, precision, cuda_graph, first_seed)
+    opts = Options(seeds, resolved, data, str(data_dir) if data_dir else None, out, storage, precision, cuda_graph, first_seed, compile)
     try:
         metrics = run(source, epochs, opts, launch.say, signals.STOP, budget)
     except KeyboardInterrupt:
@@ -285,8 +286,8 @@ class _SeedWatch:
 def _one_seed(config: Config, train: datasets.Split, test: datasets.Split, seed: int, opts: Options, precision: Precision,
               watch: _SeedWatch) -> SeedResult:
     weights, accuracy, test_seconds = f"seed-{seed}.pt", None, 0.0
-    with watch.ticker, Fit(config, train, None, opts.device, seed=seed, precision=precision, tally=watch.tally,
-                           cuda_graph=opts.cuda_graph) as fit:
+    with watch.ticker, Fit(config, train, None, opts.device, seed=seed, compile=opts.compile, precision=precision,
+                           tally=watch.tally, cuda_graph=opts.cuda_graph) as fit:
         for epoch in fit:
             if not epoch.diverged:
                 watch.epoch_end()
@@ -319,6 +320,7 @@ def _metrics(source: Source, config: Config, results: list[SeedResult], opts: Op
         "train_seconds": sum(r.train_seconds for r in results),
         "device": device_name(opts.device),
         "precision": precision.name,
+        "compiled": opts.compile,
         "data": opts.data,
         "train_images": train_images,
         "test_images": test_images,

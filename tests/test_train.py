@@ -282,3 +282,21 @@ def test_train_reads_a_trial_of_a_two_objective_study():
                                               user_attrs={"config": config.to_dict(), "params": 1234}))
     source = trains.from_trial(study, 0)  # raised: trial.value is not there with two objectives
     assert source.val_accuracy == 0.61 and source.config == config
+
+
+@pytest.mark.slow
+def test_train_compile_runs_each_seeds_training_forward_through_torch_compile(tmp_path, monkeypatch, capsys):
+    compiled = []
+    real = torch.compile
+
+    def spy(model, *args, **kwargs):
+        compiled.append(type(model).__name__)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    (tmp_path / "tiny.json").write_text(TINY.to_json())
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("train", "--config", "tiny.json", "--seeds", "1", "--compile", "--out", "out", *ON_CPU) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert compiled == ["ResNet"] and metrics["compiled"] is True and metrics["test_accuracy"] is not None
+    assert "test accuracy" in capsys.readouterr().out
