@@ -133,12 +133,14 @@ def gain(picks: list[float], baseline: list[float]) -> tuple[float, float]:
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"{result['curves']} recorded curves, {result['compute']:g} trials' worth of compute, {result['repeats']} "
-             f"studies a pair; the table's best test accuracy {result['table_best_test']:.4f}",
-             f"{'pair':<22}{'pick test':>10}{'± std':>8}{'vs no pruner (paired)':>24}{'trials':>8}{'found best':>12}"]
+    """The result as a table that fits an 80-column terminal."""
+    lines = [f"{result['curves']} recorded curves, {result['compute']:g} trials' worth of compute, "
+             f"{result['repeats']} studies a pair;",
+             f"the table's best test accuracy {result['table_best_test']:.4f}",
+             f"{'pair':<19}{'pick test':>10}{'± std':>8}{'vs no pruner (paired)':>22}{'trials':>8}{'found best':>12}"]
     for name, r in sorted(result["pairs"].items(), key=lambda kv: -kv[1]["test"]):
         vs = f"{r['gain']:+.4f} ± {r['gain_stderr']:.4f}"
-        lines.append(f"{name:<22}{r['test']:>10.4f}{r['test_std']:>8.4f}{vs:>24}{r['trials']:>8.1f}{r['found_best']:>12.0%}")
+        lines.append(f"{name:<19}{r['test']:>10.4f}{r['test_std']:>8.4f}{vs:>22}{r['trials']:>8.1f}{r['found_best']:>12.0%}")
     return "\n".join(lines)
 
 

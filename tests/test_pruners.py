@@ -91,3 +91,8 @@ def test_the_default_pruner_is_the_one_the_replay_of_the_recorded_curves_chose()
     for name in PRUNERS:
         better, stderr = pruners.gain(result["pairs"][f"tpe+{name}"]["picks"], default["picks"])
         assert better <= 2 * stderr, name
+
+
+def test_the_replays_table_fits_an_80_column_terminal():
+    lines = pruners.table(json.loads(REPLAYED.read_text())).splitlines()
+    assert len(lines) == 3 + 10 and max(map(len, lines)) <= 80, lines
