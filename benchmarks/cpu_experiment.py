@@ -30,15 +30,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, child_env
+from common import ROOT, child_env, machine
 
 
 def main() -> None:
@@ -174,20 +172,6 @@ def cli_output(args: list[str], cwd: Path) -> str:
 
 def command_line(args: list[str]) -> str:
     return "cerberus-search " + " ".join(args)
-
-
-def machine() -> dict[str, Any]:
-    import optuna
-    import torch
-
-    import cerberus
-    from cerberus.precision import cpu_has_native_bf16
-
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"cpu": model, "cores": os.cpu_count(), "native_bf16": cpu_has_native_bf16(), "python": platform.python_version(),
-            "torch": torch.__version__, "optuna": optuna.__version__, "cerberus": cerberus.__version__, "commit": commit}
 
 
 def say(line: str) -> None:

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
-from common import ROOT
+from common import ROOT, machine
 
 
 def main() -> None:
@@ -68,8 +67,7 @@ def main() -> None:
         table["curves"].append({"params": trial.params, "config": config.to_dict(), "points": points,
                                 "val_accuracy": points[-1][1], "test_accuracy": tested, "seconds": time.perf_counter() - started,
                                 "step_seconds": result.step_seconds, "train_flops": result.train_flops})
-        table.update(machine=f"{platform.processor() or platform.machine()}, {platform.platform()}",
-                     torch=torch.__version__, budget=config.recipe.budget, probe_images=PROBE_IMAGES, data="cifar10 (JPEG copy)")
+        table.update(machine=machine(), torch=torch.__version__, budget=config.recipe.budget, probe_images=PROBE_IMAGES, data="cifar10 (JPEG copy)")
         a.out.write_text(json.dumps(table, indent=1) + "\n")
         print(f"curve {len(table['curves'])}: {points} test {tested:.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
 

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, child_env
+from common import ROOT, child_env, machine
 
 FAST = json.loads((ROOT / "search" / "fast.json").read_text())
 SEED = json.loads((ROOT / "search" / "seed.json").read_text())
@@ -142,7 +141,7 @@ def main() -> None:
     out = a.out.resolve()
     summary_path = out / "frontier.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary["machine"] = f"{platform.node()}: {platform.processor() or platform.machine()}, {platform.platform()}"
+    summary["machine"] = machine()
     for group in a.group or ("target", "side", "curve", "ablation"):
         for name, config, seeds in rows(group, a.ablation_budget):
             if a.only and a.only not in name:
