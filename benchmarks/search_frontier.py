@@ -63,8 +63,8 @@ def main() -> None:
                "best_val_accuracy": best["val_accuracy"],
                "pick": run_row(f"search-pick-{a.retrain_budget:g}", pick, a.seeds, out, data),
                "airbench94_muon_on_this_cpu": AIRBENCH_ON_THIS_CPU}
+    frontier = json.loads((out / "frontier.json").read_text()) if (out / "frontier.json").exists() else {}
     for name in ("fast-0.283", "course-0.283"):
-        frontier = json.loads((out / "frontier.json").read_text()) if (out / "frontier.json").exists() else {}
         summary[name] = next((g[name] for g in frontier.values() if isinstance(g, dict) and name in g), None)
     (out / "search-frontier.json").write_text(json.dumps(summary, indent=2) + "\n")
     r = summary["pick"]
